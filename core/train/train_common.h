@@ -1,0 +1,60 @@
+// Shared machinery of the two trainers: per-step seeds, checkpoint file names and discovery,
+// and the metrics log (means per log interval, split into quarters of the timestep range as the
+// reference's log_loss_dict does, written as JSON lines and a progress line).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "core/nn/checkpoint.h"
+
+namespace gd::train {
+
+// A seed for step `step` of a run seeded with `seed` (SplitMix64 of both).
+uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream);
+
+// "<out>/<prefix>_NNNNNN.safetensors"
+std::string CheckpointPath(const std::string& out, const std::string& prefix, int64_t step);
+// The step encoded in a checkpoint file name ("model_001200.safetensors" -> 1200).
+std::optional<int64_t> StepFromPath(const std::string& path);
+// The newest model_NNNNNN.safetensors in `out`, if any.
+std::optional<std::string> LatestCheckpoint(const std::string& out);
+// Resolves --resume_checkpoint ("", "latest" or a path) to a model file path or "".
+absl::StatusOr<std::string> ResolveResume(const std::string& resume, const std::string& out);
+// Deletes all but the newest `keep` checkpoints (every prefix of a step together).
+void PruneCheckpoints(const std::string& out, int64_t keep);
+
+// Writes a state dict with metadata, creating the folder.
+absl::Status SaveState(const std::string& path, const StateDict& state,
+                       const std::map<std::string, std::string>& metadata);
+
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, std::string tag, int64_t num_timesteps, int64_t total_steps,
+             int64_t start_step);
+  // Adds per-example values of `key` at timesteps t (also to key_q0..key_q3).
+  void AddPerTimestep(const std::string& key, const torch::Tensor& values, const torch::Tensor& t);
+  void Add(const std::string& key, double value);
+  // Means since the last flush, with step, samples, steps/s and ETA; one JSON line and one
+  // progress line (stderr). Returns the mean of "loss" (or NaN).
+  double Flush(int64_t step, int64_t samples);
+
+ private:
+  std::ofstream file_;
+  std::string tag_;
+  int64_t num_timesteps_;
+  int64_t total_steps_;
+  int64_t last_step_;
+  std::chrono::steady_clock::time_point last_time_;
+  std::map<std::string, std::pair<double, int64_t>> sums_;
+};
+
+}  // namespace gd::train

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages this project builds, tests and runs with.
+# Idempotent: packages already present are skipped. Used by README, .ci/run and the CPU Dockerfile.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-openmp
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev
+  libpng-dev zlib1g-dev
+  dataset-fashion-mnist
+  python3-torch python3-grpcio python3-grpc-tools python3-numpy
+)
+# Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests).
+for extra in "$@"; do
+  case "$extra" in
+    browser) PACKAGES+=(chromium nodejs npm) ;;
+    tls) PACKAGES+=(openssl) ;;
+    *) echo "install-deps: unknown group '$extra' (known: browser, tls)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,54 @@
+#include "tests/testing/testing.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include "tests/testing/paths.h"
+
+namespace gd::testing {
+
+std::string SourceDir() { return GD_SOURCE_DIR; }
+
+std::string FixturesDir() {
+  if (const char* env = std::getenv("GD_FIXTURES"); env != nullptr && *env) return env;
+  return GD_FIXTURES_DIR;
+}
+
+std::string Parity64Dir() {
+  const std::filesystem::path dir = std::filesystem::path(FixturesDir()) / "parity-64";
+  return std::filesystem::exists(dir / "tensors.pt") ? dir.string() : "";
+}
+
+double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected) {
+  const torch::Tensor a = actual.detach().to(torch::kCPU, torch::kFloat64);
+  const torch::Tensor e = expected.detach().to(torch::kCPU, torch::kFloat64);
+  if (a.numel() == 0) return 0.0;
+  return ((a - e).abs() / e.abs().clamp_min(1.0)).max().item<double>();
+}
+
+::testing::AssertionResult TensorsClose(const torch::Tensor& actual,
+                                        const torch::Tensor& expected, double tolerance) {
+  if (actual.sizes() != expected.sizes()) {
+    std::ostringstream msg;
+    msg << "shape " << actual.sizes() << " differs from expected " << expected.sizes();
+    return ::testing::AssertionFailure() << msg.str();
+  }
+  const double err = RelativeError(actual, expected);
+  if (!(err <= tolerance)) {
+    return ::testing::AssertionFailure()
+           << "relative error " << err << " exceeds " << tolerance << " (max |expected| "
+           << expected.abs().max().item<double>() << ")";
+  }
+  return ::testing::AssertionSuccess() << "relative error " << err;
+}
+
+std::string TempDir(const std::string& tag) {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::filesystem::path root = base ? base : std::filesystem::temp_directory_path();
+  std::string templ = (root / ("gd-" + tag + "-XXXXXX")).string();
+  char* made = mkdtemp(templ.data());
+  return made ? std::string(made) : (root / ("gd-" + tag)).string();
+}
+
+}  // namespace gd::testing

@@ -1,0 +1,38 @@
+// Test helpers: where the reference's parity fixtures are, how to load them, and the tolerance
+// measure their README defines.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace gd::testing {
+
+// The repository root and the parity fixtures folder (GD_FIXTURES env var overrides).
+std::string SourceDir();
+std::string FixturesDir();
+// fixtures/parity-64, or "" when absent.
+std::string Parity64Dir();
+
+// max over elements of |actual - expected| / max(1, |expected|): the fixtures README's measure.
+double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected);
+
+// gtest assertion: same shape and RelativeError <= tolerance, with the error in the message.
+::testing::AssertionResult TensorsClose(const torch::Tensor& actual,
+                                        const torch::Tensor& expected, double tolerance);
+
+// A fresh temporary directory, removed by the test's end of process.
+std::string TempDir(const std::string& tag);
+
+}  // namespace gd::testing
+
+// Skips the test when the parity fixtures are not there.
+#define GD_REQUIRE_PARITY_FIXTURES()                                                     \
+  do {                                                                                   \
+    if (::gd::testing::Parity64Dir().empty()) {                                          \
+      GTEST_SKIP() << "parity fixtures not found at " << ::gd::testing::FixturesDir()    \
+                   << "/parity-64 (set GD_FIXTURES to the folder holding parity-64/)";   \
+    }                                                                                    \
+  } while (0)
