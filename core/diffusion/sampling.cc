@@ -22,6 +22,16 @@ torch::Generator MakeGenerator(uint64_t seed, const torch::Device& device) {
   return generator;
 }
 
+uint64_t DeriveSeed(uint64_t seed, uint64_t stream) {
+  auto mix = [](uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+  };
+  return mix(mix(seed) + stream);
+}
+
 namespace {
 
 torch::Tensor FullSteps(int64_t value, int64_t n, const torch::Device& device) {

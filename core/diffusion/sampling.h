@@ -49,6 +49,9 @@ class ReplayNoise : public NoiseSource {
 
 // A seeded generator on `device` (CPU or CUDA), independent of the global one.
 torch::Generator MakeGenerator(uint64_t seed, const torch::Device& device = torch::kCPU);
+// A well-mixed seed for stream `stream` of a run seeded with `seed` (SplitMix64 of both): image i
+// of a request, step s of a training run.
+uint64_t DeriveSeed(uint64_t seed, uint64_t stream);
 
 struct SampleOptions {
   bool clip_denoised = true;

@@ -132,6 +132,8 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
   auto bundle = std::make_shared<ModelBundle>();
   bundle->name = spec.name;
   bundle->description = spec.description;
+  bundle->model_flags = spec.model_flags;
+  bundle->classifier_flags = spec.classifier_path.empty() ? "" : spec.classifier_flags;
   bundle->flags = *flags;
   bundle->diffusion = flags->Diffusion();
   bundle->class_names = spec.class_names;

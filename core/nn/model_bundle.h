@@ -39,6 +39,8 @@ absl::Status WriteModelDir(const std::string& dir, const ModelSpec& spec);
 struct ModelBundle {
   std::string name;
   std::string description;
+  std::string model_flags;       // as given
+  std::string classifier_flags;  // as given ("" without classifier)
   ReferenceFlags flags;  // model and classifier flags read as one
   UNetConfig unet_config;
   DiffusionConfig diffusion;  // timestep_respacing as the flags say ("" = all steps)

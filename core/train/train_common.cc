@@ -10,18 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/diffusion/sampling.h"
 
 namespace gd::train {
 namespace {
 
 namespace fs = std::filesystem;
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 const std::regex& CheckpointPattern() {
   static const std::regex pattern(R"((model|opt|ema_[0-9.]+)_([0-9]{6,})\.safetensors)");
@@ -39,8 +33,7 @@ std::string FormatDuration(double seconds) {
 }  // namespace
 
 uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream) {
-  return SplitMix64(SplitMix64(seed ^ (stream * 0x632be59bd9b4e019ULL)) +
-                    static_cast<uint64_t>(step));
+  return DeriveSeed(DeriveSeed(seed, stream), static_cast<uint64_t>(step));
 }
 
 std::string CheckpointPath(const std::string& out, const std::string& prefix, int64_t step) {

@@ -18,7 +18,7 @@
 
 namespace gd::train {
 
-// A seed for step `step` of a run seeded with `seed` (SplitMix64 of both).
+// The seed of stream `stream` (data, dropout, evaluation) at step `step` of a run.
 uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream);
 
 // "<out>/<prefix>_NNNNNN.safetensors"

@@ -1,0 +1,383 @@
+// core/engine: continuous batching, determinism, parity through the engine, validation,
+// back-pressure, cancellation, deadlines and shutdown, on the parity fixture's model.
+#include <future>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "core/engine/engine.h"
+#include "core/nn/model_bundle.h"
+#include "tests/testing/testing.h"
+
+namespace gd {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Collects a job's events; OnDone fulfils a future.
+class Collector : public JobObserver {
+ public:
+  void OnAdmitted(int64_t total_steps) override { admitted_steps = total_steps; }
+  void OnStep(const StepUpdate& update) override {
+    std::lock_guard<std::mutex> lock(mu);
+    steps.push_back(update);
+    if (on_step) on_step(update);
+  }
+  void OnDone(absl::StatusOr<JobResult> result) override { done.set_value(std::move(result)); }
+
+  absl::StatusOr<JobResult> Wait() {
+    auto future = done.get_future();
+    if (future.wait_for(std::chrono::seconds(300)) != std::future_status::ready) {
+      return absl::DeadlineExceededError("test timed out waiting for the engine");
+    }
+    return future.get();
+  }
+
+  std::mutex mu;
+  std::vector<StepUpdate> steps;
+  std::function<void(const StepUpdate&)> on_step;
+  std::atomic<int64_t> admitted_steps{0};
+  std::promise<absl::StatusOr<JobResult>> done;
+};
+
+struct Fixture {
+  std::shared_ptr<ModelBundle> bundle;
+  std::map<std::string, torch::Tensor> tensors;
+  nlohmann::json json;
+};
+
+const Fixture& Load() {
+  static const Fixture* f = [] {
+    auto* fx = new Fixture;
+    const std::string dir = testing::Parity64Dir();
+    std::ifstream json_in(dir + "/fixture.json");
+    json_in >> fx->json;
+    ModelSpec spec;
+    spec.name = "parity";
+    spec.model_flags = fx->json["model_flags"];
+    spec.model_path = dir + "/model.pt";
+    spec.classifier_flags = fx->json["classifier_flags"];
+    spec.classifier_path = dir + "/classifier.pt";
+    auto bundle = LoadModelBundle(spec, torch::kCPU, Precision::kFloat32);
+    if (bundle.ok()) fx->bundle = *bundle;
+    std::ifstream in(dir + "/tensors.pt", std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
+      fx->tensors[item.key().toStringRef()] = item.value().toTensor();
+    }
+    return fx;
+  }();
+  return *f;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    GD_REQUIRE_PARITY_FIXTURES();
+    ASSERT_NE(Load().bundle, nullptr);
+  }
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options = {}) {
+    auto engine = Engine::Create(Load().bundle, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return std::move(*engine);
+  }
+  torch::Tensor T(const std::string& key) { return Load().tensors.at(key); }
+  std::vector<int64_t> Labels() {
+    const torch::Tensor y = T("y");
+    return {y[0].item<int64_t>(), y[1].item<int64_t>()};
+  }
+  SampleJob GuidedDdim(double eta = 0) {
+    SampleJob job;
+    job.labels = Labels();
+    job.classifier_scale = Load().json["classifier_scale"];
+    job.sampler = SamplerKind::kDdim;
+    job.eta = eta;
+    job.timestep_respacing = Load().json["ddim_respacing"];
+    job.noise = T("x_T");
+    return job;
+  }
+};
+
+TEST_F(EngineTest, DdimEta0WithNoiseEqualsTheReferenceStepByStep) {
+  auto engine = MakeEngine();
+  auto collector = std::make_shared<Collector>();
+  SampleJob job = GuidedDdim();
+  job.stream_every = 1;
+  job.stream_x_t = true;
+  job.stream_pred_xstart = true;
+  ASSERT_TRUE(engine->Submit(job, collector).ok());
+  auto result = collector->Wait();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(testing::TensorsClose(result->samples, T("ddim_eta0_guided_sample"), 1e-4));
+  ASSERT_EQ(collector->steps.size(), 10u);
+  std::vector<torch::Tensor> xs, x0s;
+  for (size_t i = 0; i < collector->steps.size(); ++i) {
+    const StepUpdate& s = collector->steps[i];
+    EXPECT_EQ(s.step, static_cast<int64_t>(i));
+    EXPECT_EQ(s.total_steps, 10);
+    xs.push_back(s.x_t);
+    x0s.push_back(s.pred_xstart);
+  }
+  EXPECT_EQ(collector->steps.front().timestep, 900);  // ddim10 over 1000 steps: 900, 800, ... 0
+  EXPECT_EQ(collector->steps.back().timestep, 0);
+  EXPECT_TRUE(testing::TensorsClose(torch::stack(xs), T("ddim_eta0_guided_traj_x"), 1e-4));
+  EXPECT_TRUE(
+      testing::TensorsClose(torch::stack(x0s), T("ddim_eta0_guided_traj_pred_xstart"), 1e-4));
+  EXPECT_EQ(result->steps, 10);
+}
+
+TEST_F(EngineTest, UnguidedDdimWithNoiseEqualsTheReference) {
+  auto engine = MakeEngine();
+  auto collector = std::make_shared<Collector>();
+  SampleJob job = GuidedDdim();
+  job.classifier_scale = 0;
+  ASSERT_TRUE(engine->Submit(job, collector).ok());
+  auto result = collector->Wait();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(testing::TensorsClose(result->samples, T("ddim_eta0_unguided_sample"), 1e-4));
+}
+
+// Runs `jobs` one at a time on a fresh engine.
+std::vector<torch::Tensor> RunAlone(EngineTest* test, const std::vector<SampleJob>& jobs) {
+  std::vector<torch::Tensor> out;
+  for (const auto& job : jobs) {
+    auto engine = Engine::Create(Load().bundle, {});
+    auto collector = std::make_shared<Collector>();
+    EXPECT_TRUE((*engine)->Submit(job, collector).ok());
+    auto result = collector->Wait();
+    EXPECT_TRUE(result.ok()) << result.status();
+    out.push_back(result.ok() ? result->samples : torch::Tensor());
+  }
+  return out;
+}
+
+TEST_F(EngineTest, MixedRequestsShareForwardsAndMatchTheirSoloRuns) {
+  // Different samplers, respacings, scales, etas and clip settings in one batch. The respacings
+  // are DDIM-strided: they skip t = 999, where the cosine schedule's alpha_bar ~ 1e-9 multiplies
+  // the x_0 prediction's float rounding by ~3e4 (the fixture README's caveat), so that a
+  // forward's last-bit differences between batch sizes cannot dominate the comparison.
+  std::vector<SampleJob> jobs(4);
+  jobs[0].labels = {3, 7};
+  jobs[0].classifier_scale = 10;
+  jobs[0].sampler = SamplerKind::kDdim;
+  jobs[0].timestep_respacing = "ddim10";
+  jobs[0].seed = 11;
+  jobs[1].labels = {5};
+  jobs[1].sampler = SamplerKind::kDdpm;
+  jobs[1].timestep_respacing = "ddim8";
+  jobs[1].seed = 12;
+  jobs[2].labels = {999};
+  jobs[2].classifier_scale = 2;
+  jobs[2].sampler = SamplerKind::kDdpm;
+  jobs[2].timestep_respacing = "ddim12";
+  jobs[2].clip_denoised = false;
+  jobs[2].seed = 13;
+  jobs[3].labels = {1, 2};
+  jobs[3].sampler = SamplerKind::kDdim;
+  jobs[3].eta = 0.7;
+  jobs[3].timestep_respacing = "ddim5";
+  jobs[3].seed = 14;
+  const std::vector<torch::Tensor> alone = RunAlone(this, jobs);
+
+  // All four submitted before the worker takes the first, so they are admitted together.
+  EngineOptions options;
+  options.max_batch = 8;
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<Collector>> collectors;
+  for (const auto& job : jobs) {
+    collectors.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE(engine->Submit(job, collectors.back()).ok());
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    auto result = collectors[i]->Wait();
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_TRUE(testing::TensorsClose(result->samples, alone[i], 1e-4)) << "job " << i;
+  }
+  const EngineStats stats = engine->stats();
+  EXPECT_GE(stats.max_requests_in_batch, 2);
+  EXPECT_GE(stats.max_batch_seen, 3);
+  // Solo, the jobs need 10 + 8 + 12 + 5 forwards; together far fewer.
+  EXPECT_LT(stats.iterations, 35);
+  EXPECT_EQ(stats.slot_steps, 2 * 10 + 1 * 8 + 1 * 12 + 2 * 5);
+  EXPECT_EQ(stats.images_completed, 6);
+  EXPECT_GT(stats.classifier_calls, 0);
+}
+
+TEST_F(EngineTest, SameSeedSameImagesDifferentSeedDifferentImages) {
+  auto engine = MakeEngine();
+  SampleJob job;
+  job.labels = {1, 1};
+  job.sampler = SamplerKind::kDdpm;
+  job.timestep_respacing = "4";
+  job.seed = 5;
+  auto a = std::make_shared<Collector>(), b = std::make_shared<Collector>(),
+       c = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(job, a).ok());
+  ASSERT_TRUE(engine->Submit(job, b).ok());
+  job.seed = 6;
+  ASSERT_TRUE(engine->Submit(job, c).ok());
+  auto ra = a->Wait(), rb = b->Wait(), rc = c->Wait();
+  ASSERT_TRUE(ra.ok() && rb.ok() && rc.ok());
+  EXPECT_TRUE(testing::TensorsClose(ra->samples, rb->samples, 1e-4));
+  EXPECT_GT(testing::RelativeError(ra->samples, rc->samples), 1e-2);
+  // Images of one request use different streams.
+  EXPECT_GT(testing::RelativeError(ra->samples[0], ra->samples[1]), 1e-2);
+}
+
+TEST_F(EngineTest, ValidationNamesTheFieldValueAndRange) {
+  auto engine = MakeEngine();
+  auto expect_invalid = [&](SampleJob job, const std::string& needle) {
+    auto handle = engine->Submit(job, std::make_shared<Collector>());
+    ASSERT_FALSE(handle.ok()) << needle;
+    EXPECT_EQ(handle.status().code(), absl::StatusCode::kInvalidArgument) << handle.status();
+    EXPECT_NE(handle.status().message().find(needle), std::string::npos) << handle.status();
+  };
+  SampleJob ok;
+  ok.labels = {1, 2};
+  SampleJob j = ok;
+  j.labels = {1, 2, 1200};
+  expect_invalid(j, "labels[2] = 1200 is outside [0, 1000) for model \"parity\"");
+  j = ok;
+  j.labels = {-1};
+  expect_invalid(j, "labels[0] = -1");
+  j = ok;
+  j.num_samples = 3;
+  expect_invalid(j, "num_samples = 3 does not match 2 labels");
+  j = ok;
+  j.labels.clear();
+  j.num_samples = 2;
+  expect_invalid(j, "class-conditional");
+  j = ok;
+  j.labels.clear();
+  expect_invalid(j, "num_samples = 0");
+  j = ok;
+  j.classifier_scale = -1;
+  expect_invalid(j, "classifier_scale = -1");
+  j = ok;
+  j.classifier_scale = std::nan("");
+  expect_invalid(j, "classifier_scale = nan");
+  j = ok;
+  j.eta = 0.5;
+  expect_invalid(j, "eta = 0.5 applies to DDIM only");
+  j = ok;
+  j.sampler = SamplerKind::kDdim;
+  j.eta = 1.5;
+  expect_invalid(j, "eta = 1.5 is outside [0, 1]");
+  j = ok;
+  j.timestep_respacing = "ddim7x";
+  expect_invalid(j, "timestep_respacing");
+  j = ok;
+  j.timestep_respacing = "2000";
+  expect_invalid(j, "cannot divide");
+  j = ok;
+  j.noise = torch::zeros({2, 3, 32, 32});
+  expect_invalid(j, "noise has shape [2, 3, 32, 32]");
+  j = ok;
+  j.labels.assign(40, 1);
+  expect_invalid(j, "40 images exceed max_images_per_request = 32");
+  EXPECT_EQ(engine->stats().jobs_submitted, 0);
+}
+
+TEST_F(EngineTest, GuidanceWithoutClassifierIsRefused) {
+  ModelBundle copy = *Load().bundle;
+  copy.classifier = EncoderUNetModel(nullptr);
+  copy.classifier_config.reset();
+  auto engine = Engine::Create(std::make_shared<ModelBundle>(copy), {});
+  ASSERT_TRUE(engine.ok());
+  SampleJob job;
+  job.labels = {1};
+  job.classifier_scale = 1;
+  auto handle = (*engine)->Submit(job, std::make_shared<Collector>());
+  ASSERT_FALSE(handle.ok());
+  EXPECT_NE(handle.status().message().find("needs a classifier"), std::string::npos);
+}
+
+TEST_F(EngineTest, AFullQueueIsResourceExhausted) {
+  EngineOptions options;
+  options.max_batch = 1;
+  options.max_queue_images = 2;
+  auto engine = MakeEngine(options);
+  SampleJob job;
+  job.labels = {1};
+  job.timestep_respacing = "50";
+  std::vector<std::shared_ptr<Collector>> collectors;
+  std::vector<std::shared_ptr<JobHandle>> handles;
+  absl::Status last;
+  for (int i = 0; i < 6 && last.ok(); ++i) {
+    collectors.push_back(std::make_shared<Collector>());
+    auto handle = engine->Submit(job, collectors.back());
+    if (handle.ok()) handles.push_back(*handle);
+    last = handle.status();
+  }
+  EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
+  EXPECT_NE(last.message().find("max_queue_images = 2"), std::string::npos);
+  for (auto& h : handles) h->Cancel();
+  for (size_t i = 0; i < handles.size(); ++i) {
+    auto result = collectors[i]->Wait();
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  }
+}
+
+TEST_F(EngineTest, CancelledSlotsLeaveAndOthersFinish) {
+  auto engine = MakeEngine();
+  SampleJob slow;
+  slow.labels = {1, 2};
+  slow.timestep_respacing = "200";
+  slow.stream_every = 1;
+  SampleJob quick;
+  quick.labels = {3};
+  quick.timestep_respacing = "6";
+  auto slow_collector = std::make_shared<Collector>();
+  std::promise<void> third_step;
+  std::atomic<bool> signalled{false};
+  slow_collector->on_step = [&](const StepUpdate& u) {
+    if (u.step == 2 && !signalled.exchange(true)) third_step.set_value();
+  };
+  auto handle = engine->Submit(slow, slow_collector);
+  ASSERT_TRUE(handle.ok());
+  auto quick_collector = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(quick, quick_collector).ok());
+  third_step.get_future().wait();
+  (*handle)->Cancel();
+  auto slow_result = slow_collector->Wait();
+  EXPECT_EQ(slow_result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(slow_collector->steps.size(), 20u) << "cancelled slots leave at the next iteration";
+  auto quick_result = quick_collector->Wait();
+  EXPECT_TRUE(quick_result.ok()) << quick_result.status();
+  // The engine keeps serving.
+  auto again = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(quick, again).ok());
+  EXPECT_TRUE(again->Wait().ok());
+  EXPECT_EQ(engine->stats().jobs_cancelled, 1);
+  EXPECT_EQ(engine->stats().active_slots, 0);
+}
+
+TEST_F(EngineTest, DeadlinesEndRequests) {
+  auto engine = MakeEngine();
+  SampleJob job;
+  job.labels = {1};
+  job.timestep_respacing = "500";
+  job.deadline = std::chrono::steady_clock::now() + milliseconds(300);
+  auto collector = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(job, collector).ok());
+  auto result = collector->Wait();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded) << result.status();
+}
+
+TEST_F(EngineTest, ShutdownFailsWhatCannotFinish) {
+  auto engine = MakeEngine();
+  SampleJob job;
+  job.labels = {1};
+  job.timestep_respacing = "500";
+  auto collector = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(job, collector).ok());
+  engine->Shutdown(std::chrono::steady_clock::now() + milliseconds(200));
+  auto result = collector->Wait();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  auto refused = engine->Submit(job, std::make_shared<Collector>());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace gd
