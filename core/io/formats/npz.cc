@@ -1,0 +1,142 @@
+// .npz (np.savez, np.savez_compressed): a zip archive of NAME.npy members, read whole from memory
+// and written stored, in memory or member by member to a file.
+#include <set>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/io/formats/formats.h"
+#include "core/io/formats/internal.h"
+#include "core/io/formats/output_file.h"
+#include "core/io/formats/zip.h"
+
+namespace gd::formats {
+namespace {
+
+constexpr size_t kMaxNpzMembers = 0xffff - 1;  // 0xffff entries need ZIP64's end record
+
+// Names must be non-empty, unique and without NUL; their count within what a plain zip holds.
+// Errors are prefixed with `what` (the archive).
+absl::Status CheckNpzNames(const std::vector<std::string>& names, absl::string_view what) {
+  std::set<std::string> seen;
+  for (const std::string& name : names) {
+    if (name.empty() || name.find('\0') != std::string::npos || name.size() > 0xffff - 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": array name '", name, "' is empty, too long or contains NUL"));
+    }
+    if (!seen.insert(name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": array name '", name, "' repeats"));
+    }
+  }
+  if (names.size() > kMaxNpzMembers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", names.size(), " arrays need ZIP64, which we do not write"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> NamesOf(const std::vector<std::pair<std::string, Array>>& arrays) {
+  std::vector<std::string> names;
+  names.reserve(arrays.size());
+  for (const auto& [name, array] : arrays) names.push_back(name);
+  return names;
+}
+
+}  // namespace
+
+absl::Status VisitNpz(
+    absl::string_view bytes, absl::string_view what,
+    const std::function<absl::Status(const std::string& name, NpyArray array)>& visit) {
+  absl::StatusOr<internal::ZipDirectory> directory = internal::ReadZipDirectory(bytes, what);
+  if (!directory.ok()) return directory.status();
+  std::set<std::string> names;
+  for (const internal::ZipMember& member : directory->members) {
+    const std::string member_what = absl::StrCat(what, ":", member.name);
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(member_what, ": ", why));
+    };
+    if (!absl::EndsWith(member.name, ".npy")) {
+      return bad("not a .npy member (an .npz holds only NAME.npy arrays)");
+    }
+    const std::string name = member.name.substr(0, member.name.size() - 4);
+    if (!names.insert(name).second) return bad("the archive holds this name twice");
+    std::string inflated;
+    absl::StatusOr<absl::string_view> npy =
+        internal::ReadZipMember(bytes, *directory, member, member_what, &inflated);
+    if (!npy.ok()) return npy.status();
+    absl::StatusOr<NpyArray> array = ParseNpyArray(*npy, member_what);
+    if (!array.ok()) return array.status();
+    inflated = std::string();  // free it before the visitor converts the array
+    absl::Status status = visit(name, *std::move(array));
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, Array>>> ParseNpz(absl::string_view bytes,
+                                                                    absl::string_view what) {
+  std::vector<std::pair<std::string, Array>> arrays;
+  absl::Status status = VisitNpz(bytes, what, [&](const std::string& name, NpyArray npy) {
+    absl::StatusOr<Array> array =
+        internal::ArrayFromNpy(std::move(npy), absl::StrCat(what, ":", name, ".npy"));
+    if (!array.ok()) return array.status();
+    arrays.emplace_back(name, *std::move(array));
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return arrays;
+}
+
+std::string SerializeNpz(const std::vector<std::pair<std::string, Array>>& arrays) {
+  const std::string what = "the archive";
+  if (absl::Status status = CheckNpzNames(NamesOf(arrays), what); !status.ok()) {
+    internal::PreconditionFailed("SerializeNpz", status.message());
+  }
+  internal::StoredZipWriter zip(what);
+  std::string out;
+  for (const auto& [name, array] : arrays) {
+    const std::string npy = SerializeNpy(array);
+    absl::StatusOr<std::string> header = zip.LocalHeader(absl::StrCat(name, ".npy"), npy);
+    if (!header.ok()) internal::PreconditionFailed("SerializeNpz", header.status().message());
+    absl::StrAppend(&out, *header, npy);
+  }
+  absl::StatusOr<std::string> end = zip.Finish();
+  if (!end.ok()) internal::PreconditionFailed("SerializeNpz", end.status().message());
+  out += *end;
+  return out;
+}
+
+absl::Status WriteNpz(const std::string& path, const std::vector<std::string>& names,
+                      const std::function<absl::StatusOr<std::string>(size_t index)>& npy_bytes) {
+  if (absl::Status status = CheckNpzNames(names, path); !status.ok()) return status;
+  absl::StatusOr<internal::OutputFile> file = internal::OutputFile::Create(path);
+  if (!file.ok()) return file.status();
+  internal::StoredZipWriter zip(path);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string member_name = absl::StrCat(names[i], ".npy");
+    absl::StatusOr<std::string> npy = npy_bytes(i);
+    if (!npy.ok()) {
+      return absl::Status(npy.status().code(),
+                          absl::StrCat(path, ":", member_name, ": ", npy.status().message()));
+    }
+    absl::StatusOr<std::string> header = zip.LocalHeader(member_name, *npy);
+    if (!header.ok()) return header.status();
+    absl::Status status = file->Write(*header);
+    if (status.ok()) status = file->Write(*npy);
+    if (!status.ok()) return status;
+  }
+  absl::StatusOr<std::string> end = zip.Finish();
+  if (!end.ok()) return end.status();
+  absl::Status status = file->Write(*end);
+  if (status.ok()) status = file->Close();
+  return status;
+}
+
+absl::Status WriteNpz(const std::string& path,
+                      const std::vector<std::pair<std::string, Array>>& arrays) {
+  return WriteNpz(path, NamesOf(arrays), [&](size_t index) -> absl::StatusOr<std::string> {
+    return SerializeNpy(arrays[index].second);
+  });
+}
+
+}  // namespace gd::formats
