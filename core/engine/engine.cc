@@ -41,12 +41,20 @@ struct Engine::Request {
   std::vector<torch::Generator> streams;   // one random stream per image
   torch::Tensor labels;                    // [N] int64 (zeros when the request has none)
   int64_t step = 0;                        // steps done
+  bool active = false;                     // holds slots in the batch
   bool finished = false;
 };
+
+const std::vector<double>& EngineStats::StepSecondsBounds() {
+  static const std::vector<double> bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                             0.5,   1,    2.5,   5,    10,  30};
+  return bounds;
+}
 
 Engine::Engine(std::shared_ptr<ModelBundle> bundle, const EngineOptions& options)
     : bundle_(std::move(bundle)), options_(options), device_(bundle_->device) {
   stats_.batch_size_counts.assign(static_cast<size_t>(options_.max_batch + 1), 0);
+  stats_.step_seconds_buckets.assign(EngineStats::StepSecondsBounds().size() + 1, 0);
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBundle> bundle,
@@ -155,6 +163,12 @@ absl::Status Engine::Validate(const SampleJob& job) const {
     return Invalid(absl::StrCat("timestep_respacing \"", job.timestep_respacing, "\" runs ", steps,
                                 " steps; this server allows at most ", options_.max_steps));
   }
+  const int64_t pixel_steps = n * m.image_size() * m.image_size() * steps;
+  if (options_.max_pixel_steps > 0 && pixel_steps > options_.max_pixel_steps) {
+    return Invalid(absl::StrCat(n, " images x ", m.image_size(), "x", m.image_size(), " pixels x ",
+                                steps, " steps = ", pixel_steps, " exceed max_pixel_steps = ",
+                                options_.max_pixel_steps, "; ask for fewer images or steps"));
+  }
   if (job.noise.has_value()) {
     const torch::Tensor& noise = *job.noise;
     const std::vector<int64_t> want = {n, m.channels(), m.image_size(), m.image_size()};
@@ -219,15 +233,23 @@ void Engine::Shutdown(Clock::time_point deadline) {
   cv_.notify_all();
 }
 
+void Engine::ReleaseLocked(Request& request) {
+  // Slots are given back before the observer hears of the end, so that anyone who waits for
+  // OnDone sees consistent statistics.
+  if (request.active) stats_.active_slots -= request.images;
+  request.active = false;
+  request.finished = true;
+}
+
 EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
 }
 
 void Engine::FailRequest(const std::shared_ptr<Request>& request, const absl::Status& status) {
-  request->finished = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    ReleaseLocked(*request);
     if (status.code() == absl::StatusCode::kCancelled ||
         status.code() == absl::StatusCode::kDeadlineExceeded) {
       ++stats_.jobs_cancelled;
@@ -284,6 +306,7 @@ void Engine::Admit(std::unique_lock<std::mutex>& lock) {
       break;  // first come, first served: later requests wait behind the head
     } else {
       active += next->images;
+      next->active = true;
       admitted.push_back(next);
     }
     queued_images_ -= next->images;
@@ -428,6 +451,28 @@ void Engine::Iterate() {
     }
   }
 
+  // Counted before any observer hears of this iteration, so its statistics are consistent.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.iterations;
+    stats_.slot_steps += batch;
+    stats_.guided_slot_steps += guided_rows;
+    stats_.classifier_calls += guided_rows > 0 ? 1 : 0;
+    stats_.max_batch_seen = std::max(stats_.max_batch_seen, batch);
+    stats_.max_requests_in_batch =
+        std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));
+    if (batch < static_cast<int64_t>(stats_.batch_size_counts.size())) {
+      ++stats_.batch_size_counts[static_cast<size_t>(batch)];
+    }
+    stats_.forward_seconds += forward_seconds;
+    const double step_seconds = Seconds(started, Clock::now());
+    stats_.step_seconds += step_seconds;
+    const auto& bounds = EngineStats::StepSecondsBounds();
+    const size_t bucket = static_cast<size_t>(
+        std::lower_bound(bounds.begin(), bounds.end(), step_seconds) - bounds.begin());
+    ++stats_.step_seconds_buckets[bucket];
+  }
+
   // Scatter back, stream what was asked, finish what reached x_0.
   int64_t offset = 0;
   const Clock::time_point now = Clock::now();
@@ -461,9 +506,9 @@ void Engine::Iterate() {
       result.steps = r->total_steps;
       result.queue_seconds = Seconds(r->submitted, r->admitted);
       result.sampling_seconds = Seconds(r->admitted, now);
-      r->finished = true;
       {
         std::lock_guard<std::mutex> lock(mu_);
+        ReleaseLocked(*r);
         ++stats_.jobs_completed;
         stats_.images_completed += n;
       }
@@ -471,29 +516,12 @@ void Engine::Iterate() {
     }
   }
 
-  std::lock_guard<std::mutex> lock(mu_);
-  ++stats_.iterations;
-  stats_.slot_steps += batch;
-  stats_.guided_slot_steps += guided_rows;
-  stats_.classifier_calls += guided_rows > 0 ? 1 : 0;
-  stats_.max_batch_seen = std::max(stats_.max_batch_seen, batch);
-  stats_.max_requests_in_batch =
-      std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));
-  if (batch < static_cast<int64_t>(stats_.batch_size_counts.size())) {
-    ++stats_.batch_size_counts[static_cast<size_t>(batch)];
-  }
-  stats_.forward_seconds += forward_seconds;
-  stats_.step_seconds += Seconds(started, Clock::now());
 }
 
 void Engine::RetireFinished() {
   running_.erase(std::remove_if(running_.begin(), running_.end(),
                                 [](const std::shared_ptr<Request>& r) { return r->finished; }),
                  running_.end());
-  int64_t active = 0;
-  for (const auto& r : running_) active += r->images;
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.active_slots = active;
 }
 
 }  // namespace gd

@@ -104,6 +104,8 @@ struct EngineOptions {
   int64_t max_queue_images = 256;  // images waiting for a slot; beyond: RESOURCE_EXHAUSTED
   int64_t max_images_per_request = 0;  // 0: max_batch (a request's images run together)
   int64_t max_steps = 0;               // respaced steps per request (0: no limit)
+  // images x height x width x steps per request, the request's cost (0: no limit).
+  int64_t max_pixel_steps = 0;
 };
 
 // Counters since start, for metrics, benchmarks and tests.
@@ -124,6 +126,10 @@ struct EngineStats {
   std::vector<int64_t> batch_size_counts;  // [b] = iterations that ran b slots
   double forward_seconds = 0;  // in UNet forwards
   double step_seconds = 0;     // in whole iterations
+  // Iteration latency histogram: counts per bucket of StepSecondsBounds(), +Inf last.
+  std::vector<int64_t> step_seconds_buckets;
+
+  static const std::vector<double>& StepSecondsBounds();
 };
 
 class Engine {
@@ -162,6 +168,7 @@ class Engine {
   void Iterate();
   void RetireFinished();
   void FailRequest(const std::shared_ptr<Request>& request, const absl::Status& status);
+  void ReleaseLocked(Request& request);  // mu_ held
   absl::StatusOr<std::shared_ptr<const GaussianDiffusion>> Process(
       const std::string& respacing) const;
 

@@ -103,12 +103,8 @@ absl::Status SaveState(const std::string& path, const StateDict& state,
                        const std::map<std::string, std::string>& metadata) {
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
-  // Write next to the target, then rename, so an interrupted save never leaves a torn file.
-  const std::string tmp = path + ".tmp";
-  if (auto s = WriteSafetensors(tmp, state, metadata); !s.ok()) return s;
-  fs::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
-  return absl::OkStatus();
+  // WriteSafetensors writes beside the target and renames: no torn files on interruption.
+  return WriteSafetensors(path, state, metadata);
 }
 
 MetricsLog::MetricsLog(const std::string& path, std::string tag, int64_t num_timesteps,

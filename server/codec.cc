@@ -1,0 +1,186 @@
+#include "server/codec.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/io/image.h"
+
+namespace gd::server {
+namespace {
+
+absl::StatusOr<std::vector<std::string>> EncodePngs(const torch::Tensor& samples) {
+  const torch::Tensor pixels = SamplesToUint8(samples.clamp(-1, 1));
+  std::vector<std::string> pngs;
+  for (int64_t i = 0; i < pixels.size(0); ++i) {
+    auto png = EncodePng(pixels[i]);
+    if (!png.ok()) return png.status();
+    pngs.push_back(std::move(*png));
+  }
+  return pngs;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::StatusOr<torch::Tensor> TensorFromProto(const v1::Tensor& tensor, const std::string& field) {
+  torch::ScalarType type;
+  switch (tensor.dtype()) {
+    case v1::DTYPE_FLOAT32: type = torch::kFloat32; break;
+    case v1::DTYPE_FLOAT16: type = torch::kFloat16; break;
+    case v1::DTYPE_UINT8: type = torch::kUInt8; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".dtype = ", v1::DType_Name(tensor.dtype()),
+          " is not allowed (DTYPE_FLOAT32, DTYPE_FLOAT16 or DTYPE_UINT8)"));
+  }
+  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || (d > 0 && numel > (int64_t{1} << 40) / d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] is not a valid shape"));
+    }
+    numel *= d;
+  }
+  const size_t bytes = static_cast<size_t>(numel) * torch::elementSize(type);
+  if (tensor.data().size() != bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".data has ", tensor.data().size(), " bytes; shape [", absl::StrJoin(shape, ", "),
+        "] of ", v1::DType_Name(tensor.dtype()), " needs ", bytes));
+  }
+  torch::Tensor out = torch::empty(shape, type);
+  if (bytes > 0) std::memcpy(out.data_ptr(), tensor.data().data(), bytes);
+  return out;
+}
+
+void TensorToProto(const torch::Tensor& tensor, v1::DType dtype, v1::Tensor* out) {
+  torch::ScalarType type = torch::kFloat32;
+  if (dtype == v1::DTYPE_FLOAT16) type = torch::kFloat16;
+  if (dtype == v1::DTYPE_UINT8) type = torch::kUInt8;
+  const torch::Tensor t = tensor.to(torch::kCPU, type).contiguous();
+  out->Clear();
+  for (int64_t d : t.sizes()) out->add_shape(d);
+  out->set_dtype(dtype);
+  out->set_data(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+}
+
+absl::StatusOr<SampleJob> JobFromRequest(const v1::SampleRequest& request) {
+  SampleJob job;
+  job.labels.assign(request.labels().begin(), request.labels().end());
+  job.num_samples = request.num_samples();
+  job.classifier_scale = request.classifier_scale();
+  switch (request.sampler()) {
+    case v1::SAMPLER_KIND_UNSPECIFIED:
+    case v1::SAMPLER_KIND_DDPM: job.sampler = SamplerKind::kDdpm; break;
+    case v1::SAMPLER_KIND_DDIM: job.sampler = SamplerKind::kDdim; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampler = ", request.sampler(), " is unknown (SAMPLER_KIND_DDPM or SAMPLER_KIND_DDIM)"));
+  }
+  job.eta = request.eta();
+  job.timestep_respacing = request.timestep_respacing();
+  job.seed = request.seed();
+  job.clip_denoised = request.has_clip_denoised() ? request.clip_denoised().value() : true;
+  if (request.has_noise()) {
+    auto noise = TensorFromProto(request.noise(), "noise");
+    if (!noise.ok()) return noise.status();
+    if (!noise->is_floating_point()) {
+      return absl::InvalidArgumentError("noise.dtype must be DTYPE_FLOAT32 or DTYPE_FLOAT16");
+    }
+    job.noise = noise->to(torch::kFloat32);
+  }
+  const v1::StreamOptions& stream = request.stream();
+  if (!v1::StreamOptions::Format_IsValid(stream.format())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stream.format = ", stream.format(), " is unknown"));
+  }
+  job.stream_every = std::max<int64_t>(1, stream.every());
+  job.stream_x_t = stream.x_t();
+  job.stream_pred_xstart = stream.pred_xstart();
+  return job;
+}
+
+absl::StatusOr<v1::SampleResponse> ResponseFromResult(const JobResult& result,
+                                                      const v1::OutputOptions& output) {
+  v1::SampleResponse response;
+  for (int64_t label : result.labels) response.add_labels(label);
+  if (!output.skip_png()) {
+    auto pngs = EncodePngs(result.samples);
+    if (!pngs.ok()) return pngs.status();
+    for (auto& png : *pngs) response.add_png(std::move(png));
+  }
+  if (output.float32()) TensorToProto(result.samples, v1::DTYPE_FLOAT32, response.mutable_samples());
+  if (output.uint8()) {
+    TensorToProto(SamplesToUint8(result.samples), v1::DTYPE_UINT8, response.mutable_images_uint8());
+  }
+  response.set_steps(static_cast<uint32_t>(result.steps));
+  response.set_queue_seconds(result.queue_seconds);
+  response.set_sampling_seconds(result.sampling_seconds);
+  return response;
+}
+
+absl::StatusOr<v1::StepEvent> StepEventFromUpdate(const StepUpdate& update,
+                                                  const v1::StreamOptions& stream,
+                                                  int64_t images) {
+  v1::StepEvent event;
+  event.set_step(static_cast<uint32_t>(update.step));
+  event.set_total_steps(static_cast<uint32_t>(update.total_steps));
+  event.set_timestep(update.timestep);
+  if (update.elapsed_seconds > 0) {
+    event.set_images_per_second(static_cast<double>(images) * static_cast<double>(update.step + 1) /
+                                static_cast<double>(update.total_steps) / update.elapsed_seconds);
+  }
+  const auto format = stream.format();
+  auto add = [&](const torch::Tensor& t, v1::Tensor* tensor,
+                 google::protobuf::RepeatedPtrField<std::string>* pngs) -> absl::Status {
+    if (!t.defined()) return absl::OkStatus();
+    if (format == v1::StreamOptions::FORMAT_PNG) {
+      auto encoded = EncodePngs(t);
+      if (!encoded.ok()) return encoded.status();
+      for (auto& png : *encoded) *pngs->Add() = std::move(png);
+    } else {
+      TensorToProto(t,
+                    format == v1::StreamOptions::FORMAT_TENSOR_FLOAT16 ? v1::DTYPE_FLOAT16
+                                                                       : v1::DTYPE_FLOAT32,
+                    tensor);
+    }
+    return absl::OkStatus();
+  };
+  if (auto s = add(update.x_t, event.mutable_x_t(), event.mutable_x_t_png()); !s.ok()) return s;
+  if (auto s = add(update.pred_xstart, event.mutable_pred_xstart(),
+                   event.mutable_pred_xstart_png());
+      !s.ok()) {
+    return s;
+  }
+  if (!update.x_t.defined()) event.clear_x_t();
+  if (!update.pred_xstart.defined()) event.clear_pred_xstart();
+  return event;
+}
+
+void DescribeModel(const Engine& engine, v1::ModelInfo* info) {
+  const ModelBundle& m = engine.bundle();
+  info->set_name(m.name);
+  info->set_description(m.description);
+  info->set_image_size(static_cast<uint32_t>(m.image_size()));
+  info->set_channels(static_cast<uint32_t>(m.channels()));
+  info->set_num_classes(static_cast<uint32_t>(m.num_classes()));
+  info->set_class_conditional(m.class_conditional());
+  info->set_has_classifier(m.has_classifier());
+  info->set_diffusion_steps(static_cast<uint32_t>(m.diffusion.diffusion_steps));
+  info->add_samplers(v1::SAMPLER_KIND_DDPM);
+  info->add_samplers(v1::SAMPLER_KIND_DDIM);
+  for (const auto& name : m.class_names) info->add_class_names(name);
+  info->set_model_flags(m.model_flags);
+  info->set_classifier_flags(m.classifier_flags);
+  info->set_device(m.device.str());
+  info->set_dtype(ToString(m.precision));
+  info->set_max_images_per_request(static_cast<uint32_t>(engine.max_images_per_request()));
+}
+
+const char* SamplerName(SamplerKind kind) { return kind == SamplerKind::kDdim ? "ddim" : "ddpm"; }
+
+}  // namespace gd::server

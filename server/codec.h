@@ -1,0 +1,44 @@
+// Wire <-> native: decodes SampleRequests into the engine's SampleJobs and encodes its results
+// and step updates (tensors as little-endian float32/float16/uint8, images as PNG). The wire
+// format stops here; the engine sees native structs only.
+#pragma once
+
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/engine/engine.h"
+#include "guided_diffusion/v1/sampler.pb.h"
+
+namespace gd::server {
+
+namespace v1 = ::guided_diffusion::v1;
+
+// absl and gRPC share the canonical status codes.
+grpc::Status ToGrpc(const absl::Status& status);
+
+// A proto Tensor (float32/float16/uint8) as a CPU tensor; INVALID_ARGUMENT naming `field` when
+// the dtype is missing or the byte count does not match the shape.
+absl::StatusOr<torch::Tensor> TensorFromProto(const v1::Tensor& tensor, const std::string& field);
+// A CPU tensor as a proto Tensor in `dtype` (FLOAT32, FLOAT16 or UINT8).
+void TensorToProto(const torch::Tensor& tensor, v1::DType dtype, v1::Tensor* out);
+
+// The request's wire-level fields decoded; the engine validates the rest (ranges, shapes).
+absl::StatusOr<SampleJob> JobFromRequest(const v1::SampleRequest& request);
+
+// Final images as the request's OutputOptions ask.
+absl::StatusOr<v1::SampleResponse> ResponseFromResult(const JobResult& result,
+                                                      const v1::OutputOptions& output);
+// A step as the request's StreamOptions ask.
+absl::StatusOr<v1::StepEvent> StepEventFromUpdate(const StepUpdate& update,
+                                                  const v1::StreamOptions& stream,
+                                                  int64_t images);
+
+void DescribeModel(const Engine& engine, v1::ModelInfo* info);
+
+const char* SamplerName(SamplerKind kind);
+
+}  // namespace gd::server
