@@ -3,7 +3,7 @@
 # noisy classifier on Fashion-MNIST, with gd-train, resumably. Run it again to continue where it
 # stopped (checkpoints in runs/, newest resumed). Niced, so it can run beside other work.
 #
-#   scripts/train-bundled-model.sh diffusion [STEPS]    # default 12000 steps in total
+#   scripts/train-bundled-model.sh diffusion [STEPS]    # default 20000 steps in total
 #   scripts/train-bundled-model.sh classifier [STEPS]   # default 4000 steps in total
 #   scripts/train-bundled-model.sh export               # copy the newest weights to models/
 set -euo pipefail
@@ -27,11 +27,11 @@ CLASSIFIER_FLAGS="--image_size 28 --in_channels 1 --num_classes 10 --classifier_
 
 case "${1:-}" in
   diffusion)
-    steps=${2:-12000}
+    steps=${2:-20000}
     # shellcheck disable=SC2086
     exec nice -n 19 "$BIN/gd-train" diffusion --data "$DATA" --out "$RUNS/fashion-mnist-diffusion" \
-      $MODEL_FLAGS --batch_size 64 --lr 2e-4 --ema_rate 0.999 --max_steps "$steps" \
-      --log_interval 50 --save_interval 500 --keep_checkpoints 3 --threads "$THREADS" \
+      $MODEL_FLAGS --batch_size 32 --lr 2e-4 --ema_rate 0.999 --max_steps "$steps" \
+      --log_interval 50 --save_interval 200 --keep_checkpoints 3 --threads "$THREADS" \
       --seed 1 --resume_checkpoint latest
     ;;
   classifier)
