@@ -67,6 +67,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
     return absl::InvalidArgumentError(absl::StrCat(
         "engine: max_batch = ", options.max_batch, " must be >= 1 and the other limits >= 0"));
   }
+  if (options.channels_last) {
+    torch::NoGradGuard no_grad;
+    auto convert = [](torch::nn::Module& module) {
+      for (auto& p : module.parameters()) {
+        if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+      }
+    };
+    convert(*bundle->unet);
+    if (bundle->has_classifier()) convert(*bundle->classifier);
+  }
   std::unique_ptr<Engine> engine(new Engine(std::move(bundle), options));
   // The model's own process must exist (its respacing was checked when the model loaded).
   if (auto p = engine->Process(engine->bundle_->diffusion.timestep_respacing); !p.ok()) {
@@ -388,7 +398,9 @@ void Engine::Iterate() {
   auto column = [&](const std::vector<float>& v) {
     return torch::tensor(v, torch::kFloat32).to(device_).view({batch, 1, 1, 1});
   };
-  const torch::Tensor x = torch::cat(xs);
+  const torch::Tensor x = options_.channels_last
+                              ? torch::cat(xs).contiguous(torch::MemoryFormat::ChannelsLast)
+                              : torch::cat(xs);
   const StepCoefficients c{torch::cat(coefs)};
   const torch::Tensor model_t = torch::cat(model_ts);
   const torch::Tensor y = torch::cat(labels);

@@ -106,6 +106,8 @@ struct EngineOptions {
   int64_t max_steps = 0;               // respaced steps per request (0: no limit)
   // images x height x width x steps per request, the request's cost (0: no limit).
   int64_t max_pixel_steps = 0;
+  // Run the networks on channels-last (NHWC) tensors; see docs/benchmarks.md for when it pays.
+  bool channels_last = false;
 };
 
 // Counters since start, for metrics, benchmarks and tests.

@@ -1,5 +1,7 @@
 #include "core/nn/layers.h"
 
+#include "core/nn/flops.h"
+
 #include <cmath>
 
 namespace gd {
@@ -53,7 +55,7 @@ UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv, int64_t out_channels
 torch::Tensor UpsampleImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.size(1) == channels_, "Upsample expects ", channels_, " channels, got ", x.size(1));
   torch::Tensor h = torch::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2});
-  return conv_ ? conv_->forward(h) : h;
+  return conv_ ? CountedConv(*conv_, h) : h;
 }
 
 DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv, int64_t out_channels)
@@ -71,7 +73,7 @@ DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv, int64_t out_chan
 torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.size(1) == channels_, "Downsample expects ", channels_, " channels, got ",
               x.size(1));
-  if (conv_) return conv_->forward(x);
+  if (conv_) return CountedConv(*conv_, x);
   return torch::avg_pool2d(x, /*kernel_size=*/{2, 2}, /*stride=*/{2, 2});
 }
 
@@ -110,8 +112,8 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
   };
   torch::Tensor h = torch::silu(in_norm_->forward(x_in));
   const torch::Tensor x = resample(x_in);
-  h = in_conv_->forward(resample(h));
-  torch::Tensor emb_out = emb_linear_->forward(torch::silu(emb)).to(h.scalar_type());
+  h = CountedConv(*in_conv_, resample(h));
+  torch::Tensor emb_out = CountedLinear(*emb_linear_, torch::silu(emb)).to(h.scalar_type());
   emb_out = emb_out.view({emb_out.size(0), emb_out.size(1), 1, 1});
   if (options_.use_scale_shift_norm) {
     auto chunks = emb_out.chunk(2, 1);
@@ -119,8 +121,8 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
   } else {
     h = out_norm_->forward(h + emb_out);
   }
-  h = out_conv_->forward(dropout_->forward(torch::silu(h)));
-  return (skip_ ? skip_->forward(x) : x) + h;
+  h = CountedConv(*out_conv_, dropout_->forward(torch::silu(h)));
+  return (skip_ ? CountedConv(*skip_, x) : x) + h;
 }
 
 // ---- Attention ---------------------------------------------------------------------------------
@@ -143,8 +145,10 @@ torch::Tensor QKVAttention(const torch::Tensor& qkv, int64_t num_heads, bool leg
   // Scaling q and k by ch^-1/4 each is more stable in float16 than dividing afterwards.
   const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(ch)));
   torch::Tensor weight = torch::bmm((q * scale).transpose(1, 2), k * scale);  // [B*H x T x S]
+  FlopCounter::Bmm(bs * num_heads, length, ch, length);
   weight = torch::softmax(weight.to(torch::kFloat32), -1).to(weight.scalar_type());
   const torch::Tensor a = torch::bmm(v, weight.transpose(1, 2));  // [B*H x C x T]
+  FlopCounter::Bmm(bs * num_heads, ch, length, length);
   return a.reshape({bs, -1, length});
 }
 
@@ -170,8 +174,8 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads,
 torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const auto shape = x.sizes().vec();
   const torch::Tensor flat = x.reshape({shape[0], shape[1], -1});
-  const torch::Tensor qkv = qkv_->forward(norm_->forward(flat));
-  const torch::Tensor h = proj_out_->forward(QKVAttention(qkv, num_heads_, legacy_order_));
+  const torch::Tensor qkv = CountedConv(*qkv_, norm_->forward(flat));
+  const torch::Tensor h = CountedConv(*proj_out_, QKVAttention(qkv, num_heads_, legacy_order_));
   return (flat + h).reshape(shape);
 }
 
@@ -196,7 +200,7 @@ torch::Tensor AttentionPool2dImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(h.size(2) == positional_embedding_.size(1), "attention pool built for ",
               positional_embedding_.size(1) - 1, " positions, got ", h.size(2) - 1);
   h = h + positional_embedding_.unsqueeze(0).to(h.scalar_type());
-  h = c_proj_->forward(QKVAttention(qkv_proj_->forward(h), num_heads_, /*legacy_order=*/false));
+  h = CountedConv(*c_proj_, QKVAttention(CountedConv(*qkv_proj_, h), num_heads_, /*legacy_order=*/false));
   return h.select(2, 0);
 }
 
@@ -218,7 +222,7 @@ void TimestepSequentialImpl::Append(const AttentionBlock& block) {
 void TimestepSequentialImpl::Append(const torch::nn::Conv2d& conv) {
   register_module(NextName(), conv);
   layers_.push_back(
-      [conv = conv.ptr()](const torch::Tensor& x, const torch::Tensor&) { return conv->forward(x); });
+      [conv = conv.ptr()](const torch::Tensor& x, const torch::Tensor&) { return CountedConv(*conv, x); });
 }
 
 void TimestepSequentialImpl::Append(const Downsample& down) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/nn/flops.h"
 
 namespace gd {
 namespace {
@@ -182,8 +183,8 @@ torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& y) {
   TORCH_CHECK(y.defined() == (config_.num_classes > 0),
               "labels must be given if and only if the model is class-conditional");
-  torch::Tensor emb = time_embed_2_->forward(
-      torch::silu(time_embed_0_->forward(TimestepEmbedding(timesteps, config_.model_channels))));
+  torch::Tensor emb = CountedLinear(*time_embed_2_, 
+      torch::silu(CountedLinear(*time_embed_0_, TimestepEmbedding(timesteps, config_.model_channels))));
   if (config_.num_classes > 0) {
     TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0), "labels ", y.sizes(), " for a batch of ",
                 x.size(0));
@@ -202,7 +203,7 @@ torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor
     hs.pop_back();
   }
   h = h.to(x.scalar_type());
-  return out_conv_->forward(torch::silu(out_norm_->forward(h)));
+  return CountedConv(*out_conv_, torch::silu(out_norm_->forward(h)));
 }
 
 // ---- EncoderUNetModel --------------------------------------------------------------------------
@@ -252,8 +253,8 @@ void EncoderUNetModelImpl::SetPrecision(Precision precision) {
 
 torch::Tensor EncoderUNetModelImpl::forward(const torch::Tensor& x,
                                             const torch::Tensor& timesteps) {
-  const torch::Tensor emb = time_embed_2_->forward(
-      torch::silu(time_embed_0_->forward(TimestepEmbedding(timesteps, config_.model_channels))));
+  const torch::Tensor emb = CountedLinear(*time_embed_2_, 
+      torch::silu(CountedLinear(*time_embed_0_, TimestepEmbedding(timesteps, config_.model_channels))));
   const bool spatial = !out_linear_0_.is_empty();
   std::vector<torch::Tensor> results;
   torch::Tensor h = x.to(torso_dtype_);
@@ -264,13 +265,13 @@ torch::Tensor EncoderUNetModelImpl::forward(const torch::Tensor& x,
   h = middle_block_->forward(h, emb);
   if (spatial) {
     results.push_back(h.to(x.scalar_type()).mean({2, 3}));
-    torch::Tensor features = out_linear_0_->forward(torch::cat(results, -1));
+    torch::Tensor features = CountedLinear(*out_linear_0_, torch::cat(results, -1));
     features = out_norm_1_ ? torch::silu(out_norm_1_->forward(features)) : torch::relu(features);
-    return out_linear_last_->forward(features);
+    return CountedLinear(*out_linear_last_, features);
   }
   h = torch::silu(out_norm_->forward(h.to(x.scalar_type())));
   if (out_attention_) return out_attention_->forward(h);
-  return out_conv_->forward(torch::adaptive_avg_pool2d(h, {1, 1})).flatten(1);
+  return CountedConv(*out_conv_, torch::adaptive_avg_pool2d(h, {1, 1})).flatten(1);
 }
 
 // ---- Factories ---------------------------------------------------------------------------------

@@ -1,0 +1,390 @@
+// gd-bench: what one machine sustains. Prints, for the model it loads: GFLOPs per UNet forward
+// and per classifier guidance step (counted from the layers), the machine's matrix-multiply peak
+// with the same threads, and for the engine in-process and the service over gRPC on loopback:
+// images/s, UNet forwards/s, mean batch per iteration, achieved GFLOP/s and its fraction of the
+// peak, and request latency p50/p95/p99, at 1..32 concurrent single-image requests and for batch
+// requests of 1..64 images. Writes JSON and a Markdown table. Every scenario is time-bounded.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/engine/engine.h"
+#include "core/nn/flops.h"
+#include "core/nn/guidance.h"
+#include "core/nn/model_bundle.h"
+
+#ifdef GD_BENCH_GRPC
+#include <grpcpp/grpcpp.h>
+
+#include "client/gd_client.h"
+#include "server/model_registry.h"
+#include "server/sampler_service.h"
+#endif
+
+ABSL_FLAG(std::string, model_dir, "", "Model directory (default: the bundled model).");
+ABSL_FLAG(std::string, model_path, "", "Diffusion checkpoint, with --model_flags.");
+ABSL_FLAG(std::string, model_flags, "", "The reference's MODEL_FLAGS.");
+ABSL_FLAG(std::string, classifier_path, "", "Classifier checkpoint, with --classifier_flags.");
+ABSL_FLAG(std::string, classifier_flags, "", "The reference's CLASSIFIER_FLAGS.");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N.");
+ABSL_FLAG(std::string, dtype, "fp32", "fp32, fp16 or bf16.");
+ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores).");
+ABSL_FLAG(std::string, timestep_respacing, "ddim10", "Steps per request.");
+ABSL_FLAG(double, classifier_scale, 1.0, "Guidance scale of every request (0: unguided).");
+ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
+ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
+ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one request at a time.");
+ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
+ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
+ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
+ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
+ABSL_FLAG(std::string, markdown, "", "Write the results as a Markdown table here.");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<int64_t> ParseList(const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (absl::SimpleAtoi(part, &v) && v > 0) out.push_back(v);
+  }
+  return out;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+// GFLOP/s of a square float32 matrix product with the configured threads, best of ~1 s.
+double MatmulPeak(const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = 1024;
+  const auto options = torch::TensorOptions().device(device);
+  const torch::Tensor a = torch::randn({n, n}, options), b = torch::randn({n, n}, options);
+  double best = 0;
+  const auto end = Clock::now() + std::chrono::seconds(1);
+  while (Clock::now() < end) {
+    const auto start = Clock::now();
+    torch::Tensor c = torch::mm(a, b);
+    if (device.is_cuda()) c.cpu();
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    best = std::max(best, 2.0 * n * n * n / s / 1e9);
+  }
+  return best;
+}
+
+struct Flops {
+  double unet_per_image = 0;        // one forward
+  double classifier_per_image = 0;  // forward only
+};
+
+Flops CountFlops(gd::ModelBundle& m) {
+  Flops f;
+  const auto options = torch::TensorOptions().device(m.device);
+  const torch::Tensor x = torch::randn({1, m.channels(), m.image_size(), m.image_size()}, options);
+  const torch::Tensor t = torch::full({1}, 500, options.dtype(torch::kInt64));
+  const torch::Tensor y = torch::zeros({1}, options.dtype(torch::kInt64));
+  {
+    torch::NoGradGuard no_grad;
+    gd::FlopCounter counter;
+    m.unet->forward(x, t, m.class_conditional() ? y : torch::Tensor());
+    f.unet_per_image = static_cast<double>(counter.flops());
+  }
+  if (m.has_classifier()) {
+    torch::NoGradGuard no_grad;
+    gd::FlopCounter counter;
+    m.classifier->forward(x, t);
+    f.classifier_per_image = static_cast<double>(counter.flops());
+  }
+  return f;
+}
+
+struct Result {
+  std::string mode;      // engine | grpc
+  std::string scenario;  // "concurrency" | "batch"
+  int64_t n = 0;         // concurrent requests, or images per request
+  int64_t requests = 0;
+  int64_t images = 0;
+  double seconds = 0;
+  double images_per_s = 0;
+  double forwards_per_s = 0;
+  double mean_batch = 0;
+  double gflops = 0;
+  double peak_fraction = 0;
+  double p50 = 0, p95 = 0, p99 = 0;
+  double unet_share = 0;  // of the engine's iteration time spent in UNet forwards
+};
+
+// A request submitter: returns the latency of one request of `images` images, or <0 on error.
+using Submitter = std::function<double(int64_t images, uint64_t seed)>;
+
+class Waiter : public gd::JobObserver {
+ public:
+  void OnDone(absl::StatusOr<gd::JobResult> result) override { done.set_value(result.ok()); }
+  std::promise<bool> done;
+};
+
+Submitter EngineSubmitter(gd::Engine& engine, const gd::ModelBundle& m) {
+  return [&engine, &m](int64_t images, uint64_t seed) -> double {
+    gd::SampleJob job;
+    for (int64_t i = 0; i < images; ++i) job.labels.push_back(i % std::max<int64_t>(1, m.num_classes()));
+    if (m.num_classes() == 0) {
+      job.labels.clear();
+      job.num_samples = images;
+    }
+    job.classifier_scale = m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0;
+    job.sampler = gd::SamplerKind::kDdim;
+    job.timestep_respacing = absl::GetFlag(FLAGS_timestep_respacing);
+    job.seed = seed;
+    auto waiter = std::make_shared<Waiter>();
+    auto future = waiter->done.get_future();
+    const auto start = Clock::now();
+    if (!engine.Submit(job, waiter).ok()) return -1;
+    if (!future.get()) return -1;
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
+}
+
+// Runs `clients` closed-loop clients of `images`-image requests for the configured duration.
+Result Measure(const std::string& mode, const std::string& scenario, int64_t clients,
+               int64_t images, const Submitter& submit, gd::Engine& engine, const Flops& flops,
+               double peak) {
+  const double duration = absl::GetFlag(FLAGS_seconds);
+  const gd::EngineStats before = engine.stats();
+  std::mutex mu;
+  std::vector<double> latencies;
+  std::atomic<int64_t> errors{0};
+  const auto start = Clock::now();
+  const auto end = start + std::chrono::duration<double>(duration);
+  std::vector<std::thread> threads;
+  for (int64_t c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      uint64_t seed = static_cast<uint64_t>(c) << 32;
+      do {
+        const double latency = submit(images, seed++);
+        if (latency < 0) {
+          ++errors;
+          return;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        latencies.push_back(latency);
+      } while (Clock::now() < end);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const gd::EngineStats after = engine.stats();
+  Result r;
+  r.mode = mode;
+  r.scenario = scenario;
+  r.n = scenario == "batch" ? images : clients;
+  r.requests = static_cast<int64_t>(latencies.size());
+  r.images = r.requests * images;
+  r.seconds = seconds;
+  r.images_per_s = static_cast<double>(r.images) / seconds;
+  const double iterations = static_cast<double>(after.iterations - before.iterations);
+  const double slot_steps = static_cast<double>(after.slot_steps - before.slot_steps);
+  const double guided = static_cast<double>(after.guided_slot_steps - before.guided_slot_steps);
+  r.forwards_per_s = iterations / seconds;
+  r.mean_batch = iterations > 0 ? slot_steps / iterations : 0;
+  // The classifier's input-gradient backward costs about as much as its forward.
+  r.gflops = (flops.unet_per_image * slot_steps + 2 * flops.classifier_per_image * guided) /
+             seconds / 1e9;
+  r.peak_fraction = peak > 0 ? r.gflops / peak : 0;
+  const double step_seconds = after.step_seconds - before.step_seconds;
+  r.unet_share = step_seconds > 0 ? (after.forward_seconds - before.forward_seconds) / step_seconds : 0;
+  r.p50 = Percentile(latencies, 0.50);
+  r.p95 = Percentile(latencies, 0.95);
+  r.p99 = Percentile(latencies, 0.99);
+  if (errors > 0) std::cerr << "gd-bench: " << errors << " requests failed\n";
+  return r;
+}
+
+void Print(const Result& r) {
+  std::printf("%-6s %-11s %4lld | %7.2f img/s | %6.2f fwd/s | batch %5.1f | %7.1f GFLOP/s (%4.1f%%) "
+              "| p50 %6.2f s p95 %6.2f s p99 %6.2f s | UNet %2.0f%% of step | %lld req\n",
+              r.mode.c_str(), r.scenario.c_str(), static_cast<long long>(r.n), r.images_per_s,
+              r.forwards_per_s, r.mean_batch, r.gflops, 100 * r.peak_fraction, r.p50, r.p95,
+              r.p99, 100 * r.unet_share, static_cast<long long>(r.requests));
+  std::fflush(stdout);
+}
+
+absl::StatusOr<gd::ModelSpec> Spec() {
+  if (!absl::GetFlag(FLAGS_model_path).empty()) {
+    gd::ModelSpec spec;
+    spec.name = "model";
+    spec.model_path = absl::GetFlag(FLAGS_model_path);
+    spec.model_flags = absl::GetFlag(FLAGS_model_flags);
+    spec.classifier_path = absl::GetFlag(FLAGS_classifier_path);
+    spec.classifier_flags = absl::GetFlag(FLAGS_classifier_flags);
+    return spec;
+  }
+  std::string dir = absl::GetFlag(FLAGS_model_dir);
+  if (dir.empty()) dir = "models/fashion-mnist";
+  return gd::ReadModelDir(dir);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("measures sampling throughput and latency; see docs/benchmarks.md");
+  absl::ParseCommandLine(argc, argv);
+  spdlog::set_level(spdlog::level::warn);  // no per-request log lines in the figures' way
+  const int threads = absl::GetFlag(FLAGS_threads) > 0
+                          ? absl::GetFlag(FLAGS_threads)
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+  auto spec = Spec();
+  if (!spec.ok()) {
+    std::cerr << "gd-bench: " << spec.status().message() << "\n";
+    return 1;
+  }
+  auto precision = gd::ParsePrecision(absl::GetFlag(FLAGS_dtype));
+  if (!precision.ok()) {
+    std::cerr << "gd-bench: " << precision.status().message() << "\n";
+    return 1;
+  }
+  const torch::Device device(absl::GetFlag(FLAGS_device));
+  auto bundle = gd::LoadModelBundle(*spec, device, *precision);
+  if (!bundle.ok()) {
+    std::cerr << "gd-bench: " << bundle.status().message() << "\n";
+    return 1;
+  }
+  gd::ModelBundle& m = **bundle;
+  const Flops flops = CountFlops(m);
+  const double peak = MatmulPeak(device);
+  std::printf("model %s: %dx%dx%d, UNet %.3f GFLOP/forward/image, classifier %.3f GFLOP "
+              "forward/image (x2 with its input gradient)\n",
+              m.name.c_str(), static_cast<int>(m.channels()), static_cast<int>(m.image_size()),
+              static_cast<int>(m.image_size()), flops.unet_per_image / 1e9,
+              flops.classifier_per_image / 1e9);
+  std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
+              std::thread::hardware_concurrency(), threads, device.str().c_str(),
+              gd::ToString(*precision), peak);
+  std::printf("requests: DDIM %s, classifier_scale %g\n",
+              absl::GetFlag(FLAGS_timestep_respacing).c_str(),
+              m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
+
+  gd::EngineOptions options;
+  options.max_batch = absl::GetFlag(FLAGS_max_batch);
+  options.max_queue_images = 4096;
+  options.max_images_per_request = options.max_batch;
+  options.channels_last = absl::GetFlag(FLAGS_channels_last);
+  auto created = gd::Engine::Create(*bundle, options);
+  if (!created.ok()) {
+    std::cerr << "gd-bench: " << created.status().message() << "\n";
+    return 1;
+  }
+  std::shared_ptr<gd::Engine> engine(std::move(*created));
+  std::vector<Result> results;
+  const Submitter in_process = EngineSubmitter(*engine, m);
+  in_process(1, 0);  // warm up (allocator, oneDNN primitives)
+  for (int64_t c : ParseList(absl::GetFlag(FLAGS_concurrency))) {
+    results.push_back(Measure("engine", "concurrency", c, 1, in_process, *engine, flops, peak));
+    Print(results.back());
+  }
+  for (int64_t b : ParseList(absl::GetFlag(FLAGS_batches))) {
+    if (b > options.max_batch) continue;
+    results.push_back(Measure("engine", "batch", 1, b, in_process, *engine, flops, peak));
+    Print(results.back());
+  }
+
+#ifdef GD_BENCH_GRPC
+  if (absl::GetFlag(FLAGS_grpc)) {
+    auto registry = std::make_shared<gd::server::ModelRegistry>();
+    registry->Add(engine, true);
+    gd::server::SamplerService service(registry, {});
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.SetMaxSendMessageSize(256 << 20);
+    builder.RegisterService(&service);
+    auto server = builder.BuildAndStart();
+    gd::client::ClientOptions client_options;
+    client_options.target = absl::StrCat("127.0.0.1:", port);
+    auto client = gd::client::SamplerClient::Create(client_options);
+    if (server && client.ok()) {
+      const Submitter over_grpc = [&](int64_t images, uint64_t seed) -> double {
+        guided_diffusion::v1::SampleRequest request;
+        for (int64_t i = 0; i < images; ++i) request.add_labels(i % std::max<int64_t>(1, m.num_classes()));
+        if (m.num_classes() == 0) {
+          request.clear_labels();
+          request.set_num_samples(static_cast<uint32_t>(images));
+        }
+        request.set_classifier_scale(m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0);
+        request.set_sampler(guided_diffusion::v1::SAMPLER_KIND_DDIM);
+        request.set_timestep_respacing(absl::GetFlag(FLAGS_timestep_respacing));
+        request.set_seed(seed);
+        const auto start = Clock::now();
+        if (!(*client)->Sample(request).ok()) return -1;
+        return std::chrono::duration<double>(Clock::now() - start).count();
+      };
+      for (int64_t c : ParseList(absl::GetFlag(FLAGS_concurrency))) {
+        results.push_back(Measure("grpc", "concurrency", c, 1, over_grpc, *engine, flops, peak));
+        Print(results.back());
+      }
+      for (int64_t b : ParseList(absl::GetFlag(FLAGS_batches))) {
+        if (b > options.max_batch) continue;
+        results.push_back(Measure("grpc", "batch", 1, b, over_grpc, *engine, flops, peak));
+        Print(results.back());
+      }
+      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    }
+  }
+#endif
+  engine->Shutdown(Clock::now() + std::chrono::seconds(30));
+
+  nlohmann::json json = {
+      {"model", m.name},
+      {"image", {m.channels(), m.image_size(), m.image_size()}},
+      {"device", device.str()},
+      {"dtype", gd::ToString(*precision)},
+      {"threads", threads},
+      {"cores", std::thread::hardware_concurrency()},
+      {"timestep_respacing", absl::GetFlag(FLAGS_timestep_respacing)},
+      {"classifier_scale", m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0},
+      {"unet_gflop_per_image", flops.unet_per_image / 1e9},
+      {"classifier_gflop_per_image", flops.classifier_per_image / 1e9},
+      {"matmul_peak_gflops", peak},
+      {"results", nlohmann::json::array()}};
+  std::string md = absl::StrFormat(
+      "| mode | scenario | n | images/s | UNet forwards/s | mean batch | GFLOP/s | of peak | p50 s | "
+      "p95 s | p99 s |\n| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n");
+  for (const Result& r : results) {
+    json["results"].push_back({{"mode", r.mode}, {"scenario", r.scenario}, {"n", r.n},
+                               {"requests", r.requests}, {"images", r.images},
+                               {"seconds", r.seconds}, {"images_per_s", r.images_per_s},
+                               {"forwards_per_s", r.forwards_per_s}, {"mean_batch", r.mean_batch},
+                               {"gflops", r.gflops}, {"peak_fraction", r.peak_fraction},
+                               {"latency_p50_s", r.p50}, {"latency_p95_s", r.p95},
+                               {"latency_p99_s", r.p99}, {"unet_share_of_step", r.unet_share}});
+    absl::StrAppendFormat(&md, "| %s | %s | %d | %.2f | %.2f | %.1f | %.1f | %.1f%% | %.2f | %.2f | %.2f |\n",
+                          r.mode, r.scenario, r.n, r.images_per_s, r.forwards_per_s, r.mean_batch,
+                          r.gflops, 100 * r.peak_fraction, r.p50, r.p95, r.p99);
+  }
+  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
+  if (!absl::GetFlag(FLAGS_markdown).empty()) std::ofstream(absl::GetFlag(FLAGS_markdown)) << md;
+  return 0;
+}
