@@ -9,8 +9,6 @@
 // Every flag is listed by --help and in docs/flags.md.
 #include <atomic>
 #include <csignal>
-#include <fstream>
-#include <sstream>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -28,12 +26,12 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "core/engine/engine.h"
 #include "core/nn/model_bundle.h"
 #include "server/model_registry.h"
 #include "server/metrics.h"
 #include "server/sampler_service.h"
+#include "server/security.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (0.0.0.0: all IPv4 interfaces).");
 ABSL_FLAG(int, port, 50051, "gRPC port.");
@@ -147,55 +145,6 @@ absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs(const char* argv0) {
   return specs;
 }
 
-absl::StatusOr<std::string> ReadText(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("--", flag, " \"", path, "\" cannot be read"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),
-                    client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (cert.empty() && key.empty()) {
-    if (!client_ca.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert");
-    return grpc::InsecureServerCredentials();
-  }
-  if (cert.empty() || key.empty()) {
-    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
-  }
-  auto cert_pem = ReadText(cert, "tls_cert");
-  if (!cert_pem.ok()) return cert_pem.status();
-  auto key_pem = ReadText(key, "tls_key");
-  if (!key_pem.ok()) return key_pem.status();
-  grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
-  if (!client_ca.empty()) {
-    auto ca_pem = ReadText(client_ca, "tls_client_ca");
-    if (!ca_pem.ok()) return ca_pem.status();
-    options.pem_root_certs = *ca_pem;
-    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(options);
-}
-
-absl::StatusOr<std::vector<std::string>> AuthTokens() {
-  const std::string path = absl::GetFlag(FLAGS_auth_token_file);
-  if (path.empty()) return std::vector<std::string>{};
-  auto text = ReadText(path, "auth_token_file");
-  if (!text.ok()) return text.status();
-  std::vector<std::string> tokens;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (!line.empty() && line[0] != '#') tokens.emplace_back(line);
-  }
-  if (tokens.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--auth_token_file \"", path, "\" holds no token"));
-  }
-  return tokens;
-}
-
 int Fail(const absl::Status& status) {
   spdlog::critical("{}", std::string(status.message()));
   return 1;
@@ -238,9 +187,10 @@ int main(int argc, char** argv) {
   auto specs = ModelSpecs(argv[0]);
   if (!specs.ok()) return Fail(specs.status());
 
-  auto credentials = Credentials();
+  auto credentials = gd::server::MakeServerCredentials(
+      {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)});
   if (!credentials.ok()) return Fail(credentials.status());
-  auto tokens = AuthTokens();
+  auto tokens = gd::server::ReadAuthTokens(absl::GetFlag(FLAGS_auth_token_file));
   if (!tokens.ok()) return Fail(tokens.status());
 
   auto registry = std::make_shared<gd::server::ModelRegistry>();
