@@ -2,6 +2,7 @@
 // reproduced from the fixture's checkpoints and flags, within the tolerances of its README
 // (forward passes and loops 1e-4, condition_score 2e-2, measured as max |a-b| / max(1, |b|)).
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -18,8 +19,33 @@
 namespace gd {
 namespace {
 
-constexpr double kTol = 1e-4;
-constexpr double kConditionScoreTol = 2e-2;
+// GD_TEST_DEVICE (cpu, cuda, cuda:N) and GD_TEST_DTYPE (fp32, fp16, bf16) rerun the suite on a
+// GPU and in half precision (scripts/gpu-check.sh). fp32 keeps the fixture README's tolerances
+// on any device; half precision gets looser ones (docs/benchmarks.md, "GPU").
+torch::Device TestDevice() {
+  const char* env = std::getenv("GD_TEST_DEVICE");
+  return torch::Device(env && *env ? env : "cpu");
+}
+
+Precision TestPrecision() {
+  const char* env = std::getenv("GD_TEST_DTYPE");
+  auto p = ParsePrecision(env && *env ? env : "fp32");
+  return p.ok() ? *p : Precision::kFloat32;
+}
+
+// Forward passes and loops: 1e-4 in fp32; fp16 carries ~3 decimal digits, bf16 ~2.
+double Tol(double fp32_tolerance, double loop_factor = 1) {
+  switch (TestPrecision()) {
+    case Precision::kFloat16: return std::max(fp32_tolerance, 2e-2 * loop_factor);
+    case Precision::kBFloat16: return std::max(fp32_tolerance, 1e-1 * loop_factor);
+    case Precision::kFloat32: break;
+  }
+  return fp32_tolerance;
+}
+
+const double kTol = Tol(1e-4);
+const double kLoopTol = Tol(1e-4, 2.5);
+const double kConditionScoreTol = Tol(2e-2, 2.5);
 
 struct Parity {
   nlohmann::json fixture;
@@ -30,15 +56,17 @@ struct Parity {
   torch::Tensor operator[](const std::string& key) const {
     return tensors.at(key);
   }
+  // The same tensor on the test device.
+  torch::Tensor D(const std::string& key) const { return tensors.at(key).to(TestDevice()); }
   ModelFn Model() const {
-    const torch::Tensor y = (*this)["y"];
+    const torch::Tensor y = D("y");
     auto unet = bundle->unet;
     return [unet, y](const torch::Tensor& x, const torch::Tensor& t) mutable {
       return unet->forward(x, t, y);
     };
   }
   GradFn Guidance() const {
-    const torch::Tensor y = (*this)["y"];
+    const torch::Tensor y = D("y");
     auto classifier = bundle->classifier;
     const double s = scale;
     return [classifier, y, s](const torch::Tensor& x, const torch::Tensor& t) mutable {
@@ -64,7 +92,7 @@ const Parity& LoadParity() {
     spec.model_path = dir + "/model.pt";
     spec.classifier_flags = p->fixture["classifier_flags"].get<std::string>();
     spec.classifier_path = dir + "/classifier.pt";
-    auto bundle = LoadModelBundle(spec, torch::kCPU, Precision::kFloat32);
+    auto bundle = LoadModelBundle(spec, TestDevice(), TestPrecision());
     if (!bundle.ok()) {
       ADD_FAILURE() << bundle.status();
     } else {
@@ -80,6 +108,18 @@ const Parity& LoadParity() {
   }();
   return *parity;
 }
+
+// The fixture's process is cosine; at its last step alpha_bar ~ 1e-9, so x_0 = x_t / sqrt(alpha_bar)
+// - ... multiplies the eps prediction's error by ~3e4 (the fixture README's caveat). In half
+// precision that turns pred_xstart into noise at that step, for the reference as much as for us:
+// those checks only make sense in fp32. (The DDIM respacing skips that step.)
+#define GD_FP32_ONLY_AT_THE_LAST_COSINE_STEP()                                                   \
+  do {                                                                                          \
+    if (TestPrecision() != Precision::kFloat32) {                                               \
+      GTEST_SKIP() << "compares steps at t = 999 of the cosine schedule, where half-precision " \
+                      "rounding is amplified ~3e4x; fp32 only";                                \
+    }                                                                                           \
+  } while (0)
 
 class ParityTest : public ::testing::Test {
  protected:
@@ -99,17 +139,17 @@ TEST_F(ParityTest, FlagsDescribeTheFixtureNetworks) {
 }
 
 TEST_F(ParityTest, UNetForward) {
-  const torch::Tensor out = p().bundle->unet->forward(p()["x"], p()["t"], p()["y"]);
+  const torch::Tensor out = p().bundle->unet->forward(p().D("x"), p().D("t"), p().D("y"));
   EXPECT_TRUE(testing::TensorsClose(out, p()["model_out"], kTol));
 }
 
 TEST_F(ParityTest, ClassifierForward) {
-  const torch::Tensor logits = p().bundle->classifier->forward(p()["x"], p()["t"]);
+  const torch::Tensor logits = p().bundle->classifier->forward(p().D("x"), p().D("t"));
   EXPECT_TRUE(testing::TensorsClose(logits, p()["classifier_logits"], kTol));
 }
 
 TEST_F(ParityTest, ClassifierGradient) {
-  const torch::Tensor grad = p().Guidance()(p()["x"], p()["t"]);
+  const torch::Tensor grad = p().Guidance()(p().D("x"), p().D("t"));
   EXPECT_TRUE(testing::TensorsClose(grad, p()["cond_grad"], kTol));
 }
 
@@ -136,8 +176,9 @@ TEST_F(ParityTest, Respacings) {
 }
 
 TEST_F(ParityTest, PMeanVariance) {
+  GD_FP32_ONLY_AT_THE_LAST_COSINE_STEP();
   const GaussianDiffusion d = p().Diffusion(p().fixture["ddpm_respacing"]);
-  const MeanVar out = d.PMeanVariance(p().Model(), p()["x"], p()["step_t"]);
+  const MeanVar out = d.PMeanVariance(p().Model(), p().D("x"), p().D("step_t"));
   EXPECT_TRUE(testing::TensorsClose(out.mean, p()["pmv_mean"], kTol));
   EXPECT_TRUE(testing::TensorsClose(out.variance, p()["pmv_variance"], kTol));
   EXPECT_TRUE(testing::TensorsClose(out.log_variance, p()["pmv_log_variance"], kTol));
@@ -145,12 +186,13 @@ TEST_F(ParityTest, PMeanVariance) {
 }
 
 TEST_F(ParityTest, ConditionMeanAndScore) {
+  GD_FP32_ONLY_AT_THE_LAST_COSINE_STEP();
   const GaussianDiffusion d = p().Diffusion(p().fixture["ddpm_respacing"]);
-  const torch::Tensor t = p()["step_t"];
-  const MeanVar out = d.PMeanVariance(p().Model(), p()["x"], t);
-  const torch::Tensor grad = p().Guidance()(p()["x"], d.ModelTimesteps(t));
+  const torch::Tensor t = p().D("step_t");
+  const MeanVar out = d.PMeanVariance(p().Model(), p().D("x"), t);
+  const torch::Tensor grad = p().Guidance()(p().D("x"), d.ModelTimesteps(t));
   EXPECT_TRUE(testing::TensorsClose(ConditionMean(out, grad), p()["condition_mean"], kTol));
-  const MeanVar scored = ConditionScore(d.Gather(t), out, p()["x"], grad);
+  const MeanVar scored = ConditionScore(d.Gather(t), out, p().D("x"), grad);
   EXPECT_TRUE(
       testing::TensorsClose(scored.mean, p()["condition_score_mean"], kConditionScoreTol));
   EXPECT_TRUE(testing::TensorsClose(scored.pred_xstart, p()["condition_score_pred_xstart"],
@@ -165,7 +207,7 @@ torch::Tensor RunLoop(const Parity& p, SamplerKind kind, const std::string& resp
   SampleOptions options;
   options.eta = eta;
   if (guided) options.cond_fn = p.Guidance();
-  const torch::Tensor x_T = p["x_T"];
+  const torch::Tensor x_T = p.D("x_T");
   const torch::Tensor out = SampleLoop(kind, d, p.Model(), x_T.sizes(), x_T, options, noise,
                                        [&](const StepResult& s) {
                                          if (steps) steps->push_back(s);
@@ -175,22 +217,24 @@ torch::Tensor RunLoop(const Parity& p, SamplerKind kind, const std::string& resp
 }
 
 TEST_F(ParityTest, DdpmGuidedLoop) {
+  GD_FP32_ONLY_AT_THE_LAST_COSINE_STEP();
   EXPECT_TRUE(testing::TensorsClose(
       RunLoop(p(), SamplerKind::kDdpm, p().fixture["ddpm_respacing"], true, 0, "ddpm_noise"),
-      p()["ddpm_guided_sample"], kTol));
+      p()["ddpm_guided_sample"], kLoopTol));
 }
 
 TEST_F(ParityTest, DdpmUnguidedLoop) {
+  GD_FP32_ONLY_AT_THE_LAST_COSINE_STEP();
   EXPECT_TRUE(testing::TensorsClose(
       RunLoop(p(), SamplerKind::kDdpm, p().fixture["ddpm_respacing"], false, 0, "ddpm_noise"),
-      p()["ddpm_unguided_sample"], kTol));
+      p()["ddpm_unguided_sample"], kLoopTol));
 }
 
 TEST_F(ParityTest, DdimEta0GuidedLoopAndTrajectory) {
   std::vector<StepResult> steps;
   const torch::Tensor out = RunLoop(p(), SamplerKind::kDdim, p().fixture["ddim_respacing"], true,
                                     0, "ddim_noise", &steps);
-  EXPECT_TRUE(testing::TensorsClose(out, p()["ddim_eta0_guided_sample"], kTol));
+  EXPECT_TRUE(testing::TensorsClose(out, p()["ddim_eta0_guided_sample"], kLoopTol));
   ASSERT_EQ(static_cast<int64_t>(steps.size()), p()["ddim_steps"].item<int64_t>());
   std::vector<torch::Tensor> xs, x0s;
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -199,27 +243,28 @@ TEST_F(ParityTest, DdimEta0GuidedLoopAndTrajectory) {
     xs.push_back(steps[i].sample);
     x0s.push_back(steps[i].pred_xstart);
   }
-  EXPECT_TRUE(testing::TensorsClose(torch::stack(xs), p()["ddim_eta0_guided_traj_x"], kTol));
-  EXPECT_TRUE(
-      testing::TensorsClose(torch::stack(x0s), p()["ddim_eta0_guided_traj_pred_xstart"], kTol));
+  EXPECT_TRUE(testing::TensorsClose(torch::stack(xs), p()["ddim_eta0_guided_traj_x"], kLoopTol));
+  EXPECT_TRUE(testing::TensorsClose(torch::stack(x0s), p()["ddim_eta0_guided_traj_pred_xstart"],
+                                    kLoopTol));
 }
 
 TEST_F(ParityTest, DdimEta0UnguidedLoop) {
   EXPECT_TRUE(testing::TensorsClose(
       RunLoop(p(), SamplerKind::kDdim, p().fixture["ddim_respacing"], false, 0, "ddim_noise"),
-      p()["ddim_eta0_unguided_sample"], kTol));
+      p()["ddim_eta0_unguided_sample"], kLoopTol));
 }
 
 TEST_F(ParityTest, DdimEta05GuidedLoop) {
   EXPECT_TRUE(testing::TensorsClose(
       RunLoop(p(), SamplerKind::kDdim, p().fixture["ddim_respacing"], true, 0.5, "ddim_noise"),
-      p()["ddim_eta05_guided_sample"], kTol));
+      p()["ddim_eta05_guided_sample"], kLoopTol));
 }
 
 TEST_F(ParityTest, TrainingLosses) {
   const GaussianDiffusion d = p().Diffusion("");
   const LossTerms terms =
-      TrainingLosses(d, p().Model(), p()["train_x_start"], p()["train_t"], p()["train_noise"]);
+      TrainingLosses(d, p().Model(), p().D("train_x_start"), p().D("train_t"),
+                     p().D("train_noise"));
   EXPECT_TRUE(testing::TensorsClose(terms.mse, p()["train_loss_mse"], kTol));
   EXPECT_TRUE(testing::TensorsClose(terms.vb, p()["train_loss_vb"], kTol));
   EXPECT_TRUE(testing::TensorsClose(terms.loss, p()["train_loss_loss"], kTol));

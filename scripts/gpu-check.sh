@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# GPU check, within 8 minutes: builds core + tests + gd-bench (no gRPC) against the CUDA LibTorch
+# of the machine's PyTorch, runs the parity tests on the GPU in fp32 (the fixture's tolerances),
+# fp16 and bf16 (looser, see docs/benchmarks.md), then gd-bench on the GPU. Writes its logs and
+# bench results to ${OUT:-gpu-check-out}/.
+#
+#   bash scripts/gpu-check.sh            # on a machine with an NVIDIA GPU and CUDA PyTorch
+#
+# Besides PyTorch it needs CMake, a C++17 compiler and the -dev packages of Abseil, spdlog,
+# nlohmann-json, GoogleTest, libpng and zlib (scripts/install-deps.sh installs them on Debian;
+# elsewhere put a prefix holding them in CMAKE_PREFIX_PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check-out}
+BUILD=${GPU_BUILD_DIR:-build-gpu}
+DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-480}))
+mkdir -p "$OUT"
+left() { echo $((DEADLINE - SECONDS)); }
+
+PYTHON=${PYTHON:-python3}
+TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+"$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))' | tee "$OUT/device.txt"
+
+GENERATOR=()
+command -v ninja >/dev/null 2>&1 && GENERATOR=(-G Ninja)
+cmake -S . -B "$BUILD" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DGD_WITH_SERVICE=OFF \
+  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX${CMAKE_PREFIX_PATH:+;$CMAKE_PREFIX_PATH}" 2>&1 | tail -n 5
+timeout "$(left)" cmake --build "$BUILD" -j "$(nproc)" --target gd_core_tests gd-bench 2>&1 | tail -n 20
+
+status=0
+for dtype in fp32 fp16 bf16; do
+  echo "== parity on cuda, $dtype"
+  GD_TEST_DEVICE=cuda GD_TEST_DTYPE=$dtype timeout "$(( $(left) > 60 ? 60 : $(left) ))" \
+    "$BUILD/bin/gd_core_tests" --gtest_filter='ParityTest.*:EngineTest.DdimEta0*' \
+    2>&1 | tee "$OUT/parity-$dtype.log" | tail -n 3 || status=1
+done
+echo "== gd-bench on cuda"
+MODEL_ARGS=(--model_dir models/fashion-mnist)
+[ -f models/fashion-mnist/model.json ] || MODEL_ARGS=()
+for dtype in fp32 fp16; do
+  timeout "$(( $(left) > 90 ? 90 : $(left) ))" "$BUILD/bin/gd-bench" "${MODEL_ARGS[@]}" \
+    --device cuda --dtype "$dtype" --seconds 4 --concurrency 1,8,32 --batches 1,16,64 \
+    --max_batch 64 --json "$OUT/bench-cuda-$dtype.json" --markdown "$OUT/bench-cuda-$dtype.md" \
+    2>&1 | tee "$OUT/bench-cuda-$dtype.log" || status=1
+done
+echo "gpu-check: $( [ $status -eq 0 ] && echo passed || echo FAILED ) in $SECONDS s; results in $OUT/"
+exit $status
