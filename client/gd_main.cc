@@ -2,13 +2,18 @@
 //
 //   gd sample --server HOST:PORT --labels 1,2,3 --out grid.png --npz samples.npz
 //   gd stream --server HOST:PORT --labels 7 --every 10 --dump_dir steps/
+//   gd stream --server HOST:PORT --labels 1,2 --strip strip.png --gif trajectory.gif
+//   gd view --server HOST:PORT [--listen 127.0.0.1:8080]
 //   gd models --server HOST:PORT
 //   gd health --server HOST:PORT
 //
 // Everything numeric happens on the server; this program validates flags before calling (so a
 // typo never costs a sampling run), turns responses into files (PNG grid, the reference's .npz
-// layout, raw .npy tensors) and draws a progress bar when stderr is a terminal. Exit status: 0 on
-// success, 1 when a call or a file write fails, 2 for bad flags.
+// layout, raw .npy tensors, denoising strips and GIFs: outputs.h, trajectory.h), draws a progress
+// bar when stderr is a terminal (progress.h) and serves the browser viewer (view_server.h). Exit
+// status: 0 on success, 1 when a call or a file write fails, 2 for bad flags.
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,6 +43,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/gd_client.h"
+#include "client/http_server.h"
+#include "client/outputs.h"
+#include "client/progress.h"
+#include "client/trajectory.h"
+#include "client/view_server.h"
 #include "core/io/formats/formats.h"
 
 // ---- Connection (every command) ----
@@ -102,6 +112,19 @@ ABSL_FLAG(std::string, dump_dir, "",
           "Write each streamed step's x_t and pred_xstart as DIR/x_t_0000.npy, "
           "DIR/pred_xstart_0000.npy, ... (float32 [N, C, H, W], numbered by step, 0 = first "
           "denoising step). The directory is created if missing.");
+ABSL_FLAG(std::string, strip, "",
+          "Write a denoising strip PNG: pred_xstart at --strip_columns evenly spaced steps (the "
+          "first and the last included), one row per image.");
+ABSL_FLAG(uint32_t, strip_columns, 8, "Steps (columns) of the --strip, 1 to 1000.");
+ABSL_FLAG(std::string, gif, "",
+          "Write an animated GIF of x_t: one frame per streamed step (a grid of the images, "
+          "--columns per row), the final samples held 1.5 s.");
+ABSL_FLAG(int32_t, gif_frame_ms, 100, "Milliseconds per --gif frame, 10 to 65000.");
+
+// ---- Viewer (view) ----
+ABSL_FLAG(std::string, listen, "127.0.0.1:8080",
+          "Address of the web page: HOST:PORT with an IPv4 HOST (or localhost); port 0 picks a free "
+          "port. Anything but a loopback address lets others sample through this process.");
 
 // ---- Health (health) ----
 ABSL_FLAG(std::string, service, "",
@@ -114,7 +137,6 @@ namespace v1 = ::guided_diffusion::v1;
 
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
-constexpr int64_t kMaxGridColumns = 10;
 
 constexpr char kUsage[] =
     "the command-line client of the guided-diffusion sampling service.\n"
@@ -125,16 +147,19 @@ constexpr char kUsage[] =
     "              [--sampler ddim --timestep_respacing ddim25] [--out grid.png]\n"
     "              [--npz samples.npz] [--tensor_out samples.npy]\n"
     "  stream  the same, streaming every (--every K-th) step: [--dump_dir DIR]\n"
+    "            [--strip strip.png [--strip_columns 8]] [--gif trajectory.gif]\n"
+    "  view    a web page to sample and watch every step live: [--listen 127.0.0.1:8080]\n"
     "  models  list the server's models (--model M: one model)\n"
     "  health  the server's health (--service S); exit status 0 only when SERVING\n"
     "\n"
     "A progress bar is drawn on stderr when it is a terminal. Exit status: 0 success, 1 a failed\n"
     "call or write, 2 bad flags.";
 
-enum class Command { kSample, kStream, kModels, kHealth };
+enum class Command { kSample, kStream, kView, kModels, kHealth };
 
 constexpr std::pair<absl::string_view, Command> kCommands[] = {{"sample", Command::kSample},
                                                                {"stream", Command::kStream},
+                                                               {"view", Command::kView},
                                                                {"models", Command::kModels},
                                                                {"health", Command::kHealth}};
 
@@ -164,6 +189,11 @@ constexpr FlagUse kCommandFlags[] = {
     {"columns", kSampling},
     {"every", Bit(Command::kStream)},
     {"dump_dir", Bit(Command::kStream)},
+    {"strip", Bit(Command::kStream)},
+    {"strip_columns", Bit(Command::kStream)},
+    {"gif", Bit(Command::kStream)},
+    {"gif_frame_ms", Bit(Command::kStream)},
+    {"listen", Bit(Command::kView)},
     {"service", Bit(Command::kHealth)},
 };
 
@@ -226,14 +256,6 @@ absl::StatusOr<ClientOptions> OptionsFromFlags() {
 }
 
 // ---- Request ------------------------------------------------------------------------------------
-
-// Where the final images go; empty paths are not written.
-struct Outputs {
-  std::string grid_path;
-  std::string npz_path;
-  std::string tensor_path;
-  int64_t columns = 0;  // 0 = min(N, kMaxGridColumns)
-};
 
 absl::StatusOr<std::vector<int64_t>> ParseLabels(const std::vector<std::string>& texts) {
   std::vector<int64_t> labels;
@@ -380,197 +402,33 @@ absl::StatusOr<Outputs> OutputsFromFlags() {
   return outputs;
 }
 
-// ---- Progress -----------------------------------------------------------------------------------
-
-// A one-line progress bar on stderr, redrawn in place, only when stderr is a terminal: steps
-// done/total, images per second, estimated time left.
-class ProgressBar {
- public:
-  ProgressBar() : enabled_(isatty(STDERR_FILENO) == 1) {}
-  ~ProgressBar() { Clear(); }
-
-  bool enabled() const { return enabled_; }
-
-  void OnEvent(const v1::SampleEvent& event) {
-    if (!enabled_) return;
-    const Clock::time_point now = Clock::now();
-    if (event.has_accepted()) {
-      total_steps_ = event.accepted().total_steps();
-      num_images_ = event.accepted().num_images();
-      accepted_at_ = now;
-    } else if (event.has_step()) {
-      const v1::StepEvent& step = event.step();
-      total_steps_ = step.total_steps();
-      steps_done_ = step.step() + 1;
-      images_per_second_ = step.images_per_second();
-      if (!first_step_at_.has_value()) {
-        first_step_at_ = now;
-        first_step_done_ = steps_done_;
-      }
-      // Redrawing at most 10 times a second keeps a fast CPU model from flooding the terminal.
-      if (steps_done_ >= total_steps_ || now - drawn_at_ >= std::chrono::milliseconds(100)) {
-        Draw(now);
-      }
-    } else if (event.has_result()) {
-      Clear();
-    }
+// The denoising strip and GIF `gd stream` is asked for.
+absl::StatusOr<TrajectoryOptions> TrajectoryFromFlags(const Outputs& outputs) {
+  TrajectoryOptions pictures;
+  pictures.strip_path = absl::GetFlag(FLAGS_strip);
+  pictures.strip_columns = absl::GetFlag(FLAGS_strip_columns);
+  pictures.gif_path = absl::GetFlag(FLAGS_gif);
+  pictures.gif_frame_ms = absl::GetFlag(FLAGS_gif_frame_ms);
+  pictures.gif_columns = outputs.columns;
+  if (pictures.strip_path.empty() && FlagIsSet("strip_columns")) {
+    return UsageError("--strip_columns needs --strip");
   }
-
-  // Erases the bar, so that what follows starts on a clean line.
-  void Clear() {
-    if (drawn_) std::fputs("\r\033[K", stderr);
-    drawn_ = false;
+  if (pictures.gif_path.empty() && FlagIsSet("gif_frame_ms")) {
+    return UsageError("--gif_frame_ms needs --gif");
   }
-
- private:
-  using Clock = std::chrono::steady_clock;
-
-  void Draw(Clock::time_point now) {
-    constexpr int kWidth = 30;
-    const double fraction = total_steps_ > 0 ? std::min(1.0, 1.0 * steps_done_ / total_steps_) : 0;
-    const int filled = static_cast<int>(fraction * kWidth);
-    std::string bar(filled, '#');
-    bar.append(kWidth - filled, '-');
-    double rate = images_per_second_;
-    if (rate <= 0 && accepted_at_.has_value() && total_steps_ > 0) {
-      const double elapsed = std::chrono::duration<double>(now - *accepted_at_).count();
-      if (elapsed > 0) rate = num_images_ * fraction / elapsed;
-    }
-    std::string eta = "--:--";
-    const double step_elapsed = std::chrono::duration<double>(now - *first_step_at_).count();
-    if (steps_done_ > first_step_done_ && step_elapsed > 0) {
-      const double seconds_per_step = step_elapsed / (steps_done_ - first_step_done_);
-      const int64_t left = std::llround(seconds_per_step * (total_steps_ - steps_done_));
-      eta = absl::StrFormat("%d:%02d", left / 60, left % 60);
-    }
-    std::fprintf(stderr, "\r[%s] %u/%u steps  %.2f images/s  ETA %s\033[K", bar.c_str(),
-                 steps_done_, total_steps_, rate, eta.c_str());
-    std::fflush(stderr);
-    drawn_ = true;
-    drawn_at_ = now;
+  if (pictures.strip_columns < 1 || pictures.strip_columns > 1000) {
+    return UsageError(
+        absl::StrCat("--strip_columns = ", pictures.strip_columns, " is outside [1, 1000]"));
   }
-
-  const bool enabled_;
-  bool drawn_ = false;
-  uint32_t total_steps_ = 0;
-  uint32_t num_images_ = 0;
-  uint32_t steps_done_ = 0;
-  uint32_t first_step_done_ = 0;
-  double images_per_second_ = 0;
-  std::optional<Clock::time_point> accepted_at_;
-  std::optional<Clock::time_point> first_step_at_;
-  Clock::time_point drawn_at_;
-};
-
-// ---- Writing results ----------------------------------------------------------------------------
-
-absl::Status WriteNpy(const std::string& path, const formats::Array& array) {
-  return formats::WriteFileBytes(path, formats::SerializeNpy(array));
-}
-
-// A streamed tensor as float32 [N, C, H, W] (float16 streams are widened).
-absl::StatusOr<formats::Array> StepTensor(const v1::Tensor& tensor, absl::string_view what) {
-  absl::StatusOr<formats::Array> array = TensorToArray(tensor, what);
-  if (array.ok()) array = ToFloat32(*std::move(array), what);
-  if (array.ok() && array->shape.size() != 4) {
-    return absl::InternalError(absl::StrCat(what, ": the server sent a ", array->shape.size(),
-                                            "-D tensor, expected [N, C, H, W]"));
+  if (pictures.gif_frame_ms < 10 || pictures.gif_frame_ms > 65000) {
+    return UsageError(
+        absl::StrCat("--gif_frame_ms = ", pictures.gif_frame_ms, " is outside [10, 65000]"));
   }
-  return array;
-}
-
-// DIR/x_t_0012.npy and DIR/pred_xstart_0012.npy for step 12, as far as the event carries them.
-absl::Status DumpStep(const v1::StepEvent& step, const std::string& dir) {
-  const std::pair<const char*, const v1::Tensor*> tensors[] = {
-      {"x_t", step.has_x_t() ? &step.x_t() : nullptr},
-      {"pred_xstart", step.has_pred_xstart() ? &step.pred_xstart() : nullptr}};
-  for (const auto& [name, tensor] : tensors) {
-    if (tensor == nullptr) continue;
-    absl::StatusOr<formats::Array> array =
-        StepTensor(*tensor, absl::StrCat("step ", step.step(), " ", name));
-    if (!array.ok()) return array.status();
-    const std::string path = absl::StrFormat("%s/%s_%04d.npy", dir, name, step.step());
-    if (absl::Status status = WriteNpy(path, *array); !status.ok()) return status;
+  for (const auto& [flag, path] : {std::pair{"strip", &pictures.strip_path},
+                                   std::pair{"gif", &pictures.gif_path}}) {
+    if (absl::Status status = CheckOutputDirectory(flag, *path); !status.ok()) return status;
   }
-  return absl::OkStatus();
-}
-
-// Writes what `outputs` asks for and prints the summary line, then one line per file written.
-absl::Status WriteOutputs(const v1::SampleResponse& response, const Outputs& outputs) {
-  std::optional<formats::Array> samples;  // float32 [N, C, H, W]
-  std::optional<formats::Array> images;   // uint8 [N, H, W, C]
-  if (response.has_samples()) {
-    absl::StatusOr<formats::Array> array = StepTensor(response.samples(), "samples");
-    if (!array.ok()) return array.status();
-    samples = *std::move(array);
-  }
-  if (response.has_images_uint8()) {
-    absl::StatusOr<formats::Array> array = TensorToArray(response.images_uint8(), "images_uint8");
-    if (!array.ok()) return array.status();
-    if (array->dtype != formats::DType::kUInt8 || array->shape.size() != 4) {
-      return absl::InternalError("the server sent images_uint8 that are not uint8 [N, H, W, C]");
-    }
-    images = *std::move(array);
-  } else if (samples.has_value() && (!outputs.grid_path.empty() || !outputs.npz_path.empty())) {
-    absl::StatusOr<formats::Array> array = SamplesToUint8(*samples);
-    if (!array.ok()) return array.status();
-    images = *std::move(array);
-  }
-  if ((!outputs.tensor_path.empty() && !samples.has_value()) ||
-      ((!outputs.grid_path.empty() || !outputs.npz_path.empty()) && !images.has_value())) {
-    return absl::InternalError("the server's response lacks the samples or images asked for");
-  }
-
-  const size_t count = static_cast<size_t>(response.labels_size());
-  std::string shape;  // C x H x W when the images came back
-  if (samples.has_value()) {
-    shape = absl::StrCat(" ", absl::StrJoin(samples->shape.begin() + 1, samples->shape.end(), "x"));
-  } else if (images.has_value() && images->shape.size() == 4) {
-    shape = absl::StrCat(" ", images->shape[3], "x", images->shape[1], "x", images->shape[2]);
-  }
-  const double images_per_second =
-      response.sampling_seconds() > 0 ? count / response.sampling_seconds() : 0;
-  absl::PrintF(
-      "%d %s%s from \"%s\": %d steps in %.2f s (%.2f images/s), queued %.2f s, request %s\n", count,
-      count == 1 ? "image" : "images", shape, response.model(), response.steps(),
-      response.sampling_seconds(), images_per_second, response.queue_seconds(),
-      response.request_id());
-
-  if (!outputs.tensor_path.empty()) {
-    if (absl::Status status = WriteNpy(outputs.tensor_path, *samples); !status.ok()) return status;
-    absl::PrintF("wrote %s\n", outputs.tensor_path);
-  }
-  if (!outputs.npz_path.empty()) {
-    const int64_t n = images->shape[0];
-    if (static_cast<int64_t>(count) != n) {
-      return absl::InternalError(
-          absl::StrCat("the server sent ", count, " labels for ", n, " images"));
-    }
-    formats::Array labels;
-    labels.dtype = formats::DType::kInt64;
-    labels.shape = {n};
-    labels.data.resize(count * sizeof(int64_t));
-    if (count > 0) std::memcpy(labels.data.data(), response.labels().data(), labels.data.size());
-    const std::string npz = formats::SerializeNpz({{"arr_0", *images}, {"arr_1", labels}});
-    if (absl::Status status = formats::WriteFileBytes(outputs.npz_path, npz); !status.ok()) {
-      return status;
-    }
-    absl::PrintF("wrote %s\n", outputs.npz_path);
-  }
-  if (!outputs.grid_path.empty()) {
-    absl::StatusOr<std::vector<formats::Image>> tiles = Uint8ToImages(*images);
-    if (!tiles.ok()) return tiles.status();
-    if (tiles->empty()) return absl::InternalError("the server sent no images");
-    const int64_t columns =
-        outputs.columns > 0 ? outputs.columns : std::min<int64_t>(tiles->size(), kMaxGridColumns);
-    absl::StatusOr<std::string> png = formats::EncodePng(formats::MakeGrid(*tiles, columns));
-    if (!png.ok()) return png.status();
-    if (absl::Status status = formats::WriteFileBytes(outputs.grid_path, *png); !status.ok()) {
-      return status;
-    }
-    absl::PrintF("wrote %s\n", outputs.grid_path);
-  }
-  return absl::OkStatus();
+  return pictures;
 }
 
 // ---- Commands -----------------------------------------------------------------------------------
@@ -593,29 +451,65 @@ absl::Status RunSample(SamplerClient& client, v1::SampleRequest request, const O
   return WriteOutputs(*response, outputs);
 }
 
-absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const Outputs& outputs) {
+absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const Outputs& outputs,
+                       const TrajectoryOptions& picture_options) {
   const std::string dump_dir = absl::GetFlag(FLAGS_dump_dir);
+  TrajectoryRecorder pictures(picture_options);
   v1::StreamOptions* stream = request.mutable_stream();
   stream->set_every(absl::GetFlag(FLAGS_every));
-  stream->set_x_t(!dump_dir.empty());
-  stream->set_pred_xstart(!dump_dir.empty());
-  stream->set_format(v1::StreamOptions::FORMAT_TENSOR_FLOAT32);
+  stream->set_x_t(!dump_dir.empty() || pictures.needs_x_t());
+  stream->set_pred_xstart(!dump_dir.empty() || pictures.needs_pred_xstart());
+  // --dump_dir needs the tensors; pictures alone are lighter as the server's PNGs.
+  const bool pictures_only = dump_dir.empty() && (stream->x_t() || stream->pred_xstart());
+  stream->set_format(pictures_only ? v1::StreamOptions::FORMAT_PNG
+                                   : v1::StreamOptions::FORMAT_TENSOR_FLOAT32);
 
   ProgressBar progress;
-  absl::Status dump_status;
+  absl::Status step_status;  // a failed write stops the (possibly long) run
   absl::StatusOr<v1::SampleResponse> response =
       client.StreamSample(request, [&](const v1::SampleEvent& event) {
         progress.OnEvent(event);
         if (event.has_step() && !dump_dir.empty()) {
-          dump_status = DumpStep(event.step(), dump_dir);
-          return dump_status.ok();  // a failed write stops the (possibly long) run
+          step_status = DumpStep(event.step(), dump_dir);
         }
-        return true;
+        if (step_status.ok()) step_status = pictures.OnEvent(event);
+        return step_status.ok();
       });
   progress.Clear();
-  if (!dump_status.ok()) return dump_status;
+  if (!step_status.ok()) return step_status;
   if (!response.ok()) return response.status();
-  return WriteOutputs(*response, outputs);
+  if (absl::Status status = WriteOutputs(*response, outputs); !status.ok()) return status;
+  return pictures.Finish();
+}
+
+bool IsLoopback(const std::string& host) { return absl::StartsWith(host, "127."); }
+
+// Serves the viewer until SIGINT or SIGTERM (blocked in every thread by Main, taken here).
+absl::Status RunView(SamplerClient& client, const ListenAddress& listen,
+                     const sigset_t& stop_signals) {
+  ViewServerOptions options;
+  options.listen = listen;
+  absl::StatusOr<std::unique_ptr<ViewServer>> server = ViewServer::Start(client, options);
+  if (!server.ok()) return server.status();
+  absl::PrintF("gd view: %s (Sampler at %s); Ctrl-C stops\n", (*server)->url(),
+               client.options().target);
+  std::fflush(stdout);
+  if (!IsLoopback(listen.host)) {
+    absl::FPrintF(stderr,
+                  "gd view: warning: listening on %s: whoever reaches it samples through this "
+                  "process and its credentials\n",
+                  listen.host);
+  }
+  // Say at once when the server is not there (the page says it too).
+  if (absl::StatusOr<v1::ListModelsResponse> models = client.ListModels(); !models.ok()) {
+    absl::FPrintF(stderr, "gd view: warning: %s: %s: %s\n", client.options().target,
+                  absl::StatusCodeToString(models.status().code()), models.status().message());
+  }
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  absl::FPrintF(stderr, "gd view: %s: stopping\n", strsignal(signal_number));
+  server->reset();  // cancels the runs still going
+  return absl::OkStatus();
 }
 
 std::string SamplerNames(const v1::ModelInfo& model) {
@@ -675,8 +569,10 @@ absl::StatusOr<bool> RunHealth(SamplerClient& client) {
 // What the command line asks for, checked as far as possible before any call.
 struct Invocation {
   ClientOptions options;
-  v1::SampleRequest request;  // sample, stream
-  Outputs outputs;            // sample, stream
+  v1::SampleRequest request;     // sample, stream
+  Outputs outputs;               // sample, stream
+  TrajectoryOptions pictures;    // stream
+  ListenAddress listen;          // view
 };
 
 absl::StatusOr<Invocation> InvocationFromFlags(absl::string_view command_name, Command command) {
@@ -692,6 +588,16 @@ absl::StatusOr<Invocation> InvocationFromFlags(absl::string_view command_name, C
     absl::StatusOr<v1::SampleRequest> request = RequestFromFlags(invocation.outputs);
     if (!request.ok()) return request.status();
     invocation.request = *std::move(request);
+  }
+  if (command == Command::kStream) {
+    absl::StatusOr<TrajectoryOptions> pictures = TrajectoryFromFlags(invocation.outputs);
+    if (!pictures.ok()) return pictures.status();
+    invocation.pictures = *std::move(pictures);
+  }
+  if (command == Command::kView) {
+    absl::StatusOr<ListenAddress> listen = ParseListenAddress(absl::GetFlag(FLAGS_listen));
+    if (!listen.ok()) return UsageError(absl::StrCat("--listen: ", listen.status().message()));
+    invocation.listen = *listen;
   }
   if (const std::string dump_dir = absl::GetFlag(FLAGS_dump_dir); !dump_dir.empty()) {
     struct stat info;
@@ -711,7 +617,8 @@ void PrintError(const absl::Status& status) {
 
 int Main(const std::vector<char*>& positional) {
   if (positional.size() < 2) {
-    absl::FPrintF(stderr, "usage: gd <sample|stream|models|health> [flags]  (gd --help: flags)\n");
+    absl::FPrintF(stderr,
+                  "usage: gd <sample|stream|view|models|health> [flags]  (gd --help: flags)\n");
     return kExitUsage;
   }
   const absl::string_view name = positional[1];
@@ -719,7 +626,7 @@ int Main(const std::vector<char*>& positional) {
                                    [name](const auto& entry) { return entry.first == name; });
   if (found == std::end(kCommands)) {
     PrintError(UsageError(absl::StrCat("unknown command \"", name,
-                                       "\" (expected sample, stream, models or health)")));
+                                       "\" (expected sample, stream, view, models or health)")));
     return kExitUsage;
   }
   const Command command = found->second;
@@ -734,6 +641,14 @@ int Main(const std::vector<char*>& positional) {
     return kExitUsage;
   }
 
+  // `gd view` takes SIGINT/SIGTERM with sigwait: block them before gRPC starts any thread, so
+  // that every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  if (command == Command::kView) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
   absl::StatusOr<std::unique_ptr<SamplerClient>> client =
       SamplerClient::Create(invocation->options);
   if (!client.ok()) {
@@ -747,7 +662,11 @@ int Main(const std::vector<char*>& positional) {
       status = RunSample(**client, std::move(invocation->request), invocation->outputs);
       break;
     case Command::kStream:
-      status = RunStream(**client, std::move(invocation->request), invocation->outputs);
+      status = RunStream(**client, std::move(invocation->request), invocation->outputs,
+                         invocation->pictures);
+      break;
+    case Command::kView:
+      status = RunView(**client, invocation->listen, stop_signals);
       break;
     case Command::kModels:
       status = RunModels(**client);
