@@ -19,4 +19,4 @@ build/bin/gd models --server "127.0.0.1:$PORT"
 build/bin/gd sample --server "127.0.0.1:$PORT" --labels 0,1,2,3,4,5,6,7,8,9 \
   --classifier_scale 3 --sampler ddim --timestep_respacing ddim50 --seed 1 --columns 10 \
   --out "$OUT"
-echo "wrote $OUT"
+

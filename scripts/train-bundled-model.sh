@@ -50,6 +50,21 @@ case "${1:-}" in
     classifier=$(ls -1 "$RUNS"/fashion-mnist-classifier/model_*.safetensors | sort | tail -n 1)
     cp "$diffusion" "$out/model.safetensors"
     cp "$classifier" "$out/classifier.safetensors"
+    diffusion_step=$(basename "$diffusion" .safetensors | sed 's/.*_0*//')
+    classifier_step=$(basename "$classifier" .safetensors | sed 's/.*_0*//')
+    squeeze() { echo "$1" | tr -s ' '; }
+    cat > "$out/model.json" <<JSON
+{
+  "name": "fashion-mnist",
+  "description": "Unconditional 28x28 Fashion-MNIST diffusion model (EMA 0.999, step $diffusion_step) and noisy classifier (step $classifier_step), trained by gd-train; see MODEL_CARD.md",
+  "model_flags": "$(squeeze "$MODEL_FLAGS")",
+  "model_path": "model.safetensors",
+  "classifier_flags": "$(squeeze "$CLASSIFIER_FLAGS")",
+  "classifier_path": "classifier.safetensors",
+  "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                  "Sneaker", "Bag", "Ankle boot"]
+}
+JSON
     echo "exported $diffusion and $classifier to $out"
     ;;
   *)

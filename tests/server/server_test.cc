@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -563,6 +564,92 @@ TEST(ServerBinary, ServesUntilSigtermThenDrainsAndExitsZero) {
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// Starts gd-server with `args` on a free port, waits for SERVING, runs `body`, then SIGTERM.
+void WithServer(const std::vector<std::string>& args,
+                const std::function<void(client::SamplerClient&)>& body) {
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  std::vector<std::string> argv = {GD_SERVER_PATH, "--host", "127.0.0.1", "--port",
+                                   std::to_string(port), "--metrics_port", "0", "--threads", "1"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::vector<char*> raw;
+    for (auto& a : argv) raw.push_back(a.data());
+    raw.push_back(nullptr);
+    execv(GD_SERVER_PATH, raw.data());
+    _exit(127);
+  }
+  client::ClientOptions options;
+  options.target = "127.0.0.1:" + std::to_string(port);
+  auto c = client::SamplerClient::Create(options);
+  ASSERT_TRUE(c.ok());
+  std::string health;
+  for (int i = 0; i < 300 && health != "SERVING"; ++i) {
+    auto h = (*c)->Health();
+    if (h.ok()) health = *h;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(health, "SERVING");
+  if (health == "SERVING") body(**c);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(ServerBinary, ServesWhatGdTrainJustWrote) {
+  const std::string dir = testing::TempDir("trained");
+  // 64 random grey 16x16 images: enough for a few steps of a tiny model.
+  torch::manual_seed(0);
+  ASSERT_TRUE(WriteNpz(dir + "/data.npz",
+                       {{"arr_0", torch::randint(0, 256, {64, 16, 16}, torch::kUInt8)},
+                        {"arr_1", torch::randint(0, 2, {64}, torch::kInt64)}})
+                  .ok());
+  std::string output;
+  ASSERT_EQ(RunCommand(absl::StrCat(GD_TRAIN_PATH, " diffusion --data ", dir, "/data.npz --out ", dir,
+                             "/out --image_size 16 --in_channels 1 --num_channels 32 "
+                             "--channel_mult 1,2 --num_res_blocks 1 --attention_resolutions 8 "
+                             "--learn_sigma True --diffusion_steps 50 --batch_size 8 "
+                             "--max_steps 3 --threads 1"),
+                &output),
+            0)
+      << output;
+  WithServer({"--model_dir", dir + "/out"}, [](client::SamplerClient& c) {
+    auto models = c.ListModels();
+    ASSERT_TRUE(models.ok());
+    EXPECT_EQ(models->models(0).name(), "out");
+    EXPECT_EQ(models->models(0).image_size(), 16u);
+    v1::SampleRequest request;
+    request.set_num_samples(2);
+    request.set_timestep_respacing("5");
+    auto response = c.Sample(request);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->png_size(), 2);
+  });
+  fs::remove_all(dir);
+}
+
+TEST(ServerBinary, ServesTheBundledModelWithoutFlags) {
+  if (!fs::exists(testing::SourceDir() + "/models/fashion-mnist/model.json")) {
+    GTEST_SKIP() << "no bundled model in models/fashion-mnist";
+  }
+  WithServer({}, [](client::SamplerClient& c) {
+    auto info = c.GetModel("");
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->name(), "fashion-mnist");
+    EXPECT_TRUE(info->has_classifier());
+    EXPECT_EQ(info->class_names_size(), 10);
+    v1::SampleRequest request;
+    request.add_labels(1);
+    request.set_classifier_scale(3);
+    request.set_sampler(v1::SAMPLER_KIND_DDIM);
+    request.set_timestep_respacing("ddim5");
+    EXPECT_TRUE(c.Sample(request).ok());
+  });
 }
 
 TEST(ServerBinary, BadFlagsFailWithAMessage) {
