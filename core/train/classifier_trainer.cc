@@ -114,35 +114,30 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
               << data->description << (val ? ", held out: " + val->description : "")
               << ", flags: " << flag_string << std::endl;
 
-    TrainSummary summary;
-    summary.start_step = step;
-    const auto started = std::chrono::steady_clock::now();
-    int64_t last_saved = -1;
-    auto save = [&]() -> absl::Status {
+    auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
       const std::map<std::string, std::string> meta = {
-          {"step", std::to_string(step)}, {"kind", "classifier"}, {"classifier_flags", flag_string}};
-      const std::string path = train::CheckpointPath(o.out, "model", step);
+          {"step", std::to_string(at)}, {"kind", "classifier"}, {"classifier_flags", flag_string}};
+      const std::string path = train::CheckpointPath(o.out, "model", at);
       if (auto s = train::SaveState(path, ModuleStateDict(*model), meta); !s.ok()) return s;
-      if (auto s = train::SaveState(train::CheckpointPath(o.out, "opt", step), optimizer.State(),
+      if (auto s = train::SaveState(train::CheckpointPath(o.out, "opt", at), optimizer.State(),
                                     meta);
           !s.ok()) {
         return s;
       }
       train::PruneCheckpoints(o.out, o.keep_checkpoints);
-      summary.last_checkpoint = path;
-      last_saved = step;
-      return absl::OkStatus();
+      return path;
     };
-    auto evaluate = [&]() {
+    auto evaluate = [&](int64_t at) {
       torch::NoGradGuard no_grad;
       model->eval();
-      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, step, 2));
+      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, at, 2));
       const int64_t n = o.eval_samples > 0 ? o.eval_samples : o.batch_size;
       for (int64_t i = 0; i < n; i += o.batch_size) {
         const Batch b = SampleBatch(*val, std::min(o.batch_size, n - i), gen, false);
         const Noised in = Noise(*diffusion, **sampler, b.images, o.noised, gen);
         const torch::Tensor logits = model->forward(in.x, diffusion->ModelTimesteps(in.t));
-        log.AddPerTimestep("eval_loss", torch::cross_entropy_loss(logits, b.labels, {}, at::Reduction::None),
+        log.AddPerTimestep("eval_loss",
+                           torch::cross_entropy_loss(logits, b.labels, {}, at::Reduction::None),
                            in.t);
         log.AddPerTimestep("eval_acc@1", Top1(logits, b.labels), in.t);
       }
@@ -152,13 +147,12 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
     model->train();
     const int64_t batch = o.batch_size;
     const int64_t micro = o.microbatch > 0 ? std::min(o.microbatch, batch) : batch;
-    while (step < end) {
-      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, step, 0));
-      torch::manual_seed(train::StepSeed(o.seed, step, 1));
+    auto accumulate = [&](int64_t at) {
+      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, at, 0));
+      torch::manual_seed(train::StepSeed(o.seed, at, 1));
       const Batch b = SampleBatch(*data, batch, gen, o.random_flip);
       const Noised in = Noise(*diffusion, **sampler, b.images, o.noised, gen);
-      if (o.anneal_lr) optimizer.set_lr(o.lr * (1 - static_cast<double>(step) / o.iterations));
-      optimizer.ZeroGrad();
+      if (o.anneal_lr) optimizer.set_lr(o.lr * (1 - static_cast<double>(at) / o.iterations));
       for (int64_t i = 0; i < batch; i += micro) {
         const int64_t n = std::min(micro, batch - i);
         const torch::Tensor t = in.t.narrow(0, i, n);
@@ -171,25 +165,15 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
         log.AddPerTimestep("acc@1", Top1(logits, labels), t);
         (loss.mean() * (static_cast<double>(n) / static_cast<double>(batch))).backward();
       }
-      std::vector<torch::Tensor> plain;
-      for (const auto& [name, p] : params) plain.push_back(p);
-      log.Add("grad_norm", GradNorm(plain));
-      log.Add("lr", optimizer.lr());
-      optimizer.Step();
-      ++step;
-      if (val && o.eval_interval > 0 && step % o.eval_interval == 0) evaluate();
-      if (step % o.log_interval == 0) summary.last_loss = log.Flush(step, step * batch);
-      if (step % o.save_interval == 0) {
-        if (auto s = save(); !s.ok()) return s;
-      }
-    }
-    if (last_saved != step) {
-      if (auto s = save(); !s.ok()) return s;
-    }
-    summary.end_step = step;
-    summary.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    return summary;
+    };
+    std::vector<torch::Tensor> plain;
+    for (const auto& [name, p] : params) plain.push_back(p);
+    return train::RunTrainingLoop(
+        step, end, o, optimizer, plain, log, accumulate,
+        [&](int64_t at) {
+          if (val && o.eval_interval > 0 && at % o.eval_interval == 0) evaluate(at);
+        },
+        save);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("training failed: ", e.what_without_backtrace()));
   }

@@ -132,18 +132,14 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
     std::cerr << "[diffusion] " << CountParameters(*model) << " parameters, " << data->description
               << ", flags: " << model_flags << std::endl;
 
-    TrainSummary summary;
-    summary.start_step = step;
-    const auto started = std::chrono::steady_clock::now();
-    int64_t last_saved = -1;
-    auto save = [&]() -> absl::Status {
+    auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
       const std::map<std::string, std::string> meta = {
-          {"step", std::to_string(step)}, {"kind", "diffusion"}, {"model_flags", model_flags}};
-      const std::string model_path = train::CheckpointPath(o.out, "model", step);
+          {"step", std::to_string(at)}, {"kind", "diffusion"}, {"model_flags", model_flags}};
+      const std::string model_path = train::CheckpointPath(o.out, "model", at);
       if (auto s = train::SaveState(model_path, ModuleStateDict(*model), meta); !s.ok()) return s;
       std::string served = model_path;
       for (size_t i = 0; i < emas.size(); ++i) {
-        const std::string path = train::CheckpointPath(o.out, EmaPrefix(emas[i].rate()), step);
+        const std::string path = train::CheckpointPath(o.out, EmaPrefix(emas[i].rate()), at);
         if (auto s = train::SaveState(path, emas[i].weights(), meta); !s.ok()) return s;
         if (i == 0) served = path;
       }
@@ -152,34 +148,31 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
         opt_state.emplace_back("sampler.history", loss_aware->history());
         opt_state.emplace_back("sampler.counts", loss_aware->counts());
       }
-      if (auto s = train::SaveState(train::CheckpointPath(o.out, "opt", step), opt_state, meta);
+      if (auto s = train::SaveState(train::CheckpointPath(o.out, "opt", at), opt_state, meta);
           !s.ok()) {
         return s;
       }
       // The output folder doubles as a gd-server --model_dir serving the newest EMA weights.
       ModelSpec spec;
       spec.name = fs::absolute(o.out).lexically_normal().filename().string();
-      spec.description = absl::StrCat("trained by gd-train to step ", step, " on ", o.data);
+      spec.description = absl::StrCat("trained by gd-train to step ", at, " on ", o.data);
       spec.model_flags = model_flags;
       spec.model_path = served;
       spec.class_names = class_cond ? data->class_names : std::vector<std::string>{};
       if (auto s = WriteModelDir(o.out, spec); !s.ok()) return s;
       train::PruneCheckpoints(o.out, o.keep_checkpoints);
-      summary.last_checkpoint = served;
-      last_saved = step;
-      return absl::OkStatus();
+      return served;
     };
 
     const int64_t batch = o.batch_size;
     const int64_t micro = o.microbatch > 0 ? std::min(o.microbatch, batch) : batch;
-    while (end == 0 || step < end) {
-      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, step, 0));
-      torch::manual_seed(train::StepSeed(o.seed, step, 1));  // dropout
+    auto accumulate = [&](int64_t at) {
+      torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, at, 0));
+      torch::manual_seed(train::StepSeed(o.seed, at, 1));  // dropout
       const Batch b = SampleBatch(*data, batch, gen, o.random_flip);
       if (o.lr_anneal_steps > 0) {
-        optimizer.set_lr(o.lr * (1 - static_cast<double>(step) / o.lr_anneal_steps));
+        optimizer.set_lr(o.lr * (1 - static_cast<double>(at) / o.lr_anneal_steps));
       }
-      optimizer.ZeroGrad();
       for (int64_t i = 0; i < batch; i += micro) {
         const int64_t n = std::min(micro, batch - i);
         const torch::Tensor x = b.images.narrow(0, i, n);
@@ -201,25 +194,14 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
         if (terms.mse.defined()) log.AddPerTimestep("mse", terms.mse, draw.timesteps);
         if (terms.vb.defined()) log.AddPerTimestep("vb", terms.vb, draw.timesteps);
       }
-      std::vector<torch::Tensor> plain;
-      for (const auto& [name, p] : params) plain.push_back(p);
-      log.Add("grad_norm", GradNorm(plain));
-      log.Add("lr", optimizer.lr());
-      optimizer.Step();
-      for (auto& ema : emas) ema.Update(params);
-      ++step;
-      if (step % o.log_interval == 0) summary.last_loss = log.Flush(step, step * batch);
-      if (step % o.save_interval == 0) {
-        if (auto s = save(); !s.ok()) return s;
-      }
-    }
-    if (last_saved != step) {
-      if (auto s = save(); !s.ok()) return s;
-    }
-    summary.end_step = step;
-    summary.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    return summary;
+    };
+    std::vector<torch::Tensor> plain;
+    for (const auto& [name, p] : params) plain.push_back(p);
+    return train::RunTrainingLoop(step, end, o, optimizer, plain, log, accumulate,
+                                  [&](int64_t) {
+                                    for (auto& ema : emas) ema.Update(params);
+                                  },
+                                  save);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("training failed: ", e.what_without_backtrace()));
   }

@@ -159,4 +159,46 @@ double MetricsLog::Flush(int64_t step, int64_t samples) {
   return loss;
 }
 
+absl::StatusOr<TrainSummary> RunTrainingLoop(
+    int64_t start_step, int64_t end, const TrainOptions& options, AdamW& optimizer,
+    const std::vector<torch::Tensor>& params, MetricsLog& log,
+    const std::function<void(int64_t step)>& accumulate,
+    const std::function<void(int64_t step)>& after_step,
+    const std::function<absl::StatusOr<std::string>(int64_t step)>& save) {
+  TrainSummary summary;
+  summary.start_step = start_step;
+  const auto started = std::chrono::steady_clock::now();
+  int64_t step = start_step;
+  int64_t last_saved = -1;
+  auto save_now = [&]() -> absl::Status {
+    auto path = save(step);
+    if (!path.ok()) return path.status();
+    summary.last_checkpoint = *path;
+    last_saved = step;
+    return absl::OkStatus();
+  };
+  while (end == 0 || step < end) {
+    optimizer.ZeroGrad();
+    accumulate(step);
+    log.Add("grad_norm", GradNorm(params));
+    log.Add("lr", optimizer.lr());
+    optimizer.Step();
+    ++step;
+    if (after_step) after_step(step);
+    if (step % options.log_interval == 0) {
+      summary.last_loss = log.Flush(step, step * options.batch_size);
+    }
+    if (step % options.save_interval == 0) {
+      if (auto s = save_now(); !s.ok()) return s;
+    }
+  }
+  if (last_saved != step) {
+    if (auto s = save_now(); !s.ok()) return s;
+  }
+  summary.end_step = step;
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return summary;
+}
+
 }  // namespace gd::train

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -15,6 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "core/nn/checkpoint.h"
+#include "core/train/optim.h"
+#include "core/train/trainer.h"
 
 namespace gd::train {
 
@@ -56,5 +59,17 @@ class MetricsLog {
   std::chrono::steady_clock::time_point last_time_;
   std::map<std::string, std::pair<double, int64_t>> sums_;
 };
+
+// The loop both trainers share. For every step until `end` (0: no end): `accumulate` computes
+// the step's gradients (zeroed before it); then the gradient norm and learning rate are logged,
+// the optimizer steps, `after_step` runs (EMA, evaluation) with the new step count, the log is
+// flushed every log_interval steps and `save` runs every save_interval steps and at the end.
+// `save` returns the path of what it wrote (the summary's last checkpoint).
+absl::StatusOr<TrainSummary> RunTrainingLoop(
+    int64_t start_step, int64_t end, const TrainOptions& options, AdamW& optimizer,
+    const std::vector<torch::Tensor>& params, MetricsLog& log,
+    const std::function<void(int64_t step)>& accumulate,
+    const std::function<void(int64_t step)>& after_step,
+    const std::function<absl::StatusOr<std::string>(int64_t step)>& save);
 
 }  // namespace gd::train
