@@ -50,22 +50,11 @@ struct Fixture {
 const Fixture& Load() {
   static const Fixture* f = [] {
     auto* fx = new Fixture;
-    const std::string dir = testing::Parity64Dir();
-    std::ifstream json_in(dir + "/fixture.json");
-    json_in >> fx->json;
-    ModelSpec spec;
-    spec.name = "parity";
-    spec.model_flags = fx->json["model_flags"];
-    spec.model_path = dir + "/model.pt";
-    spec.classifier_flags = fx->json["classifier_flags"];
-    spec.classifier_path = dir + "/classifier.pt";
-    auto bundle = LoadModelBundle(spec, torch::kCPU, Precision::kFloat32);
+    const testing::ParityFixture& fixture = testing::Parity64();
+    fx->json = fixture.json;
+    fx->tensors = fixture.tensors;
+    auto bundle = LoadModelBundle(fixture.Spec(), torch::kCPU, Precision::kFloat32);
     if (bundle.ok()) fx->bundle = *bundle;
-    std::ifstream in(dir + "/tensors.pt", std::ios::binary);
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
-      fx->tensors[item.key().toStringRef()] = item.value().toTensor();
-    }
     return fx;
   }();
   return *f;

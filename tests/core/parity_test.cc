@@ -3,8 +3,6 @@
 // (forward passes and loops 1e-4, condition_score 2e-2, measured as max |a-b| / max(1, |b|)).
 #include <algorithm>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -83,25 +81,14 @@ struct Parity {
 const Parity& LoadParity() {
   static const Parity* parity = [] {
     auto* p = new Parity;
-    const std::string dir = testing::Parity64Dir();
-    std::ifstream json_in(dir + "/fixture.json");
-    json_in >> p->fixture;
-    ModelSpec spec;
-    spec.name = "parity-64";
-    spec.model_flags = p->fixture["model_flags"].get<std::string>();
-    spec.model_path = dir + "/model.pt";
-    spec.classifier_flags = p->fixture["classifier_flags"].get<std::string>();
-    spec.classifier_path = dir + "/classifier.pt";
-    auto bundle = LoadModelBundle(spec, TestDevice(), TestPrecision());
+    const testing::ParityFixture& fixture = testing::Parity64();
+    p->fixture = fixture.json;
+    p->tensors = fixture.tensors;
+    auto bundle = LoadModelBundle(fixture.Spec(), TestDevice(), TestPrecision());
     if (!bundle.ok()) {
       ADD_FAILURE() << bundle.status();
     } else {
       p->bundle = *bundle;
-    }
-    std::ifstream in(dir + "/tensors.pt", std::ios::binary);
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
-      p->tensors[item.key().toStringRef()] = item.value().toTensor();
     }
     p->scale = p->fixture["classifier_scale"].get<double>();
     return p;

@@ -28,14 +28,8 @@ namespace fs = std::filesystem;
 
 std::shared_ptr<ModelBundle> ParityModel() {
   static std::shared_ptr<ModelBundle> bundle = [] {
-    const std::string dir = testing::Parity64Dir();
-    nlohmann::json json;
-    std::ifstream(dir + "/fixture.json") >> json;
-    ModelSpec spec;
-    spec.name = "parity";
-    spec.model_flags = json["model_flags"];
-    spec.model_path = dir + "/model.pt";
-    auto loaded = LoadModelBundle(spec, torch::kCPU, Precision::kFloat32);
+    auto loaded = LoadModelBundle(testing::Parity64().Spec(/*with_classifier=*/false),
+                                  torch::kCPU, Precision::kFloat32);
     return loaded.ok() ? *loaded : nullptr;
   }();
   return bundle;

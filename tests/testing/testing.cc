@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "tests/testing/paths.h"
@@ -49,6 +50,34 @@ std::string TempDir(const std::string& tag) {
   std::string templ = (root / ("gd-" + tag + "-XXXXXX")).string();
   char* made = mkdtemp(templ.data());
   return made ? std::string(made) : (root / ("gd-" + tag)).string();
+}
+
+ModelSpec ParityFixture::Spec(bool with_classifier) const {
+  const std::string dir = Parity64Dir();
+  ModelSpec spec;
+  spec.name = "parity";
+  spec.model_flags = json["model_flags"].get<std::string>();
+  spec.model_path = dir + "/model.pt";
+  if (with_classifier) {
+    spec.classifier_flags = json["classifier_flags"].get<std::string>();
+    spec.classifier_path = dir + "/classifier.pt";
+  }
+  return spec;
+}
+
+const ParityFixture& Parity64() {
+  static const ParityFixture* fixture = [] {
+    auto* f = new ParityFixture;
+    const std::string dir = Parity64Dir();
+    std::ifstream(dir + "/fixture.json") >> f->json;
+    std::ifstream in(dir + "/tensors.pt", std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
+      f->tensors[item.key().toStringRef()] = item.value().toTensor();
+    }
+    return f;
+  }();
+  return *fixture;
 }
 
 }  // namespace gd::testing

@@ -6,7 +6,10 @@
 #include <string>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include "core/nn/model_bundle.h"
 
 namespace gd::testing {
 
@@ -23,8 +26,19 @@ double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected)
 ::testing::AssertionResult TensorsClose(const torch::Tensor& actual,
                                         const torch::Tensor& expected, double tolerance);
 
-// A fresh temporary directory, removed by the test's end of process.
+// A fresh temporary directory (the caller removes it).
 std::string TempDir(const std::string& tag);
+
+// fixtures/parity-64, read once per process: fixture.json, every tensor of tensors.pt, and the
+// spec of its model ("parity") with or without its classifier. Call only when Parity64Dir() is
+// not empty (GD_REQUIRE_PARITY_FIXTURES).
+struct ParityFixture {
+  nlohmann::json json;
+  std::map<std::string, torch::Tensor> tensors;
+  ModelSpec Spec(bool with_classifier = true) const;
+  const torch::Tensor& operator[](const std::string& key) const { return tensors.at(key); }
+};
+const ParityFixture& Parity64();
 
 }  // namespace gd::testing
 
