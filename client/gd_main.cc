@@ -123,8 +123,8 @@ ABSL_FLAG(int32_t, gif_frame_ms, 100, "Milliseconds per --gif frame, 10 to 65000
 
 // ---- Viewer (view) ----
 ABSL_FLAG(std::string, listen, "127.0.0.1:8080",
-          "Address of the web page: HOST:PORT with an IPv4 HOST (or localhost); port 0 picks a free "
-          "port. Anything but a loopback address lets others sample through this process.");
+          "Address of the web page: HOST:PORT, HOST an IPv4 address or localhost; port 0 = any "
+          "free port. A non-loopback address lets others sample through this process.");
 
 // ---- Health (health) ----
 ABSL_FLAG(std::string, service, "",
@@ -424,8 +424,8 @@ absl::StatusOr<TrajectoryOptions> TrajectoryFromFlags(const Outputs& outputs) {
     return UsageError(
         absl::StrCat("--gif_frame_ms = ", pictures.gif_frame_ms, " is outside [10, 65000]"));
   }
-  for (const auto& [flag, path] : {std::pair{"strip", &pictures.strip_path},
-                                   std::pair{"gif", &pictures.gif_path}}) {
+  for (const auto& [flag, path] :
+       {std::pair{"strip", &pictures.strip_path}, std::pair{"gif", &pictures.gif_path}}) {
     if (absl::Status status = CheckOutputDirectory(flag, *path); !status.ok()) return status;
   }
   return pictures;
@@ -569,10 +569,10 @@ absl::StatusOr<bool> RunHealth(SamplerClient& client) {
 // What the command line asks for, checked as far as possible before any call.
 struct Invocation {
   ClientOptions options;
-  v1::SampleRequest request;     // sample, stream
-  Outputs outputs;               // sample, stream
-  TrajectoryOptions pictures;    // stream
-  ListenAddress listen;          // view
+  v1::SampleRequest request;   // sample, stream
+  Outputs outputs;             // sample, stream
+  TrajectoryOptions pictures;  // stream
+  ListenAddress listen;        // view
 };
 
 absl::StatusOr<Invocation> InvocationFromFlags(absl::string_view command_name, Command command) {

@@ -16,7 +16,9 @@ PACKAGES=(
 # Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests).
 for extra in "$@"; do
   case "$extra" in
-    browser) PACKAGES+=(chromium nodejs npm) ;;
+    # npm only where no npm exists yet: a nodejs from elsewhere (NodeSource) ships its own and
+    # conflicts with Debian's npm package.
+    browser) PACKAGES+=(chromium nodejs); command -v npm >/dev/null || PACKAGES+=(npm) ;;
     tls) PACKAGES+=(openssl) ;;
     *) echo "install-deps: unknown group '$extra' (known: browser, tls)" >&2; exit 2 ;;
   esac

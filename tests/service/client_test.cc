@@ -1,16 +1,13 @@
-// Tests of client/: the SamplerClient library and the gd CLI (run as a subprocess), against an
-// in-process fake Sampler server with canned, checkable answers and gRPC's default health service.
-// No LibTorch and no real model: what is tested is the client's side of the wire contract.
+// Tests of client/: the SamplerClient library and the gd CLI (run as a subprocess), against the
+// in-process fake Sampler server of fake_sampler.h (canned, checkable answers and gRPC's default
+// health service). No LibTorch and no real model: what is tested is the client's side of the wire
+// contract. The viewer and the trajectory pictures have their own files.
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -18,24 +15,19 @@
 #include <limits>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/gd_client.h"
 #include "core/io/formats/formats.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
-
-extern char** environ;
+#include "tests/service/cli_runner.h"
+#include "tests/service/fake_sampler.h"
 
 namespace gd::client {
 namespace {
@@ -44,343 +36,6 @@ namespace v1 = ::guided_diffusion::v1;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-
-constexpr int64_t kImageSize = 8;
-constexpr int64_t kChannels = 3;
-constexpr int64_t kNumClasses = 10;
-constexpr uint32_t kDefaultSteps = 4;
-
-// ---- Canned data --------------------------------------------------------------------------------
-
-// Sample values on a grid of 17 levels in [-1, 1], both ends included, different per position.
-float CannedValue(int64_t n, int64_t c, int64_t y, int64_t x) {
-  return -1.0f + 2.0f * static_cast<float>((n * 7 + c * 5 + y * 3 + x) % 17) / 16.0f;
-}
-
-formats::Array FloatArray(std::vector<int64_t> shape, const std::vector<float>& values) {
-  formats::Array array;
-  array.dtype = formats::DType::kFloat32;
-  array.shape = std::move(shape);
-  array.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
-  return array;
-}
-
-std::vector<float> Floats(const formats::Array& array) {
-  std::vector<float> values(array.data.size() / sizeof(float));
-  std::memcpy(values.data(), array.data.data(), values.size() * sizeof(float));
-  return values;
-}
-
-// float32 [n, 3, 8, 8] of CannedValue, each value + offset.
-formats::Array CannedSamples(int64_t n, float offset = 0) {
-  std::vector<float> values;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t c = 0; c < kChannels; ++c) {
-      for (int64_t y = 0; y < kImageSize; ++y) {
-        for (int64_t x = 0; x < kImageSize; ++x) values.push_back(CannedValue(i, c, y, x) + offset);
-      }
-    }
-  }
-  return FloatArray({n, kChannels, kImageSize, kImageSize}, values);
-}
-
-v1::Tensor ToTensor(const formats::Array& array) {
-  absl::StatusOr<v1::Tensor> tensor = ArrayToTensor(array);
-  EXPECT_TRUE(tensor.ok()) << tensor.status();
-  return tensor.ok() ? *tensor : v1::Tensor();
-}
-
-formats::Array ToHalf(const formats::Array& array) {
-  formats::Array half;
-  half.dtype = formats::DType::kFloat16;
-  half.shape = array.shape;
-  for (float value : Floats(array)) {
-    const uint16_t bits = formats::FloatToHalf(value);
-    half.data.append(reinterpret_cast<const char*>(&bits), 2);
-  }
-  return half;
-}
-
-// ---- The fake server ----------------------------------------------------------------------------
-
-v1::ModelInfo TinyModel() {
-  v1::ModelInfo model;
-  model.set_name("tiny");
-  model.set_description("canned test model");
-  model.set_image_size(kImageSize);
-  model.set_channels(kChannels);
-  model.set_num_classes(kNumClasses);
-  model.set_class_conditional(true);
-  model.set_has_classifier(true);
-  model.set_diffusion_steps(100);
-  model.add_samplers(v1::SAMPLER_KIND_DDPM);
-  model.add_samplers(v1::SAMPLER_KIND_DDIM);
-  return model;
-}
-
-v1::ModelInfo UnconditionalModel() {
-  v1::ModelInfo model = TinyModel();
-  model.set_name("uncond-big");
-  model.set_image_size(256);
-  model.set_num_classes(0);
-  model.set_class_conditional(false);
-  model.set_has_classifier(false);
-  model.set_diffusion_steps(1000);
-  model.clear_samplers();
-  model.add_samplers(v1::SAMPLER_KIND_DDIM);
-  return model;
-}
-
-// A Sampler with canned answers. The model name picks the behaviour:
-//   "" or "tiny"  samples CannedSamples (labels must be in [0, 10)); the step count is
-//                 timestep_respacing when it is a number, else kDefaultSteps
-//   "slow"        Sample blocks until the call is cancelled (deadline tests)
-//   "endless"     StreamSample sends steps until the call is cancelled
-//   "status:N"    fails with gRPC status code N and message "canned failure N"
-// It records the last method and request, the authorization metadata, calls and cancellations it
-// saw.
-class FakeSampler final : public v1::Sampler::Service {
- public:
-  grpc::Status Sample(grpc::ServerContext* context, const v1::SampleRequest* request,
-                      v1::SampleResponse* response) override {
-    Record(context, *request, "Sample");
-    if (request->model() == "slow") return WaitForCancel(context);
-    if (grpc::Status status = Check(*request); !status.ok()) return status;
-    *response = Result(*request);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status StreamSample(grpc::ServerContext* context, const v1::SampleRequest* request,
-                            grpc::ServerWriter<v1::SampleEvent>* writer) override {
-    Record(context, *request, "StreamSample");
-    if (request->model() == "endless") return StreamUntilCancelled(context, writer);
-    if (grpc::Status status = Check(*request); !status.ok()) return status;
-    const uint32_t total = Steps(*request);
-    const int64_t n = ImageCount(*request);
-    v1::SampleEvent event;
-    v1::Accepted* accepted = event.mutable_accepted();
-    accepted->set_request_id("req-1");
-    accepted->set_total_steps(total);
-    accepted->set_num_images(static_cast<uint32_t>(n));
-    writer->Write(event);
-    const v1::StreamOptions& stream = request->stream();
-    for (uint32_t step = 0; step < total; ++step) {
-      if (stream.every() > 1 && step % stream.every() != 0 && step + 1 != total) continue;
-      event.Clear();
-      v1::StepEvent* step_event = event.mutable_step();
-      step_event->set_step(step);
-      step_event->set_total_steps(total);
-      step_event->set_timestep(total - 1 - step);
-      step_event->set_images_per_second(1.5);
-      // x_t at step s is the canned samples + s / 100, pred_xstart the canned samples.
-      formats::Array x_t = CannedSamples(n, static_cast<float>(step) / 100);
-      formats::Array pred_xstart = CannedSamples(n);
-      const bool half = stream.format() == v1::StreamOptions::FORMAT_TENSOR_FLOAT16;
-      if (stream.x_t()) *step_event->mutable_x_t() = ToTensor(half ? ToHalf(x_t) : x_t);
-      if (stream.pred_xstart()) {
-        *step_event->mutable_pred_xstart() = ToTensor(half ? ToHalf(pred_xstart) : pred_xstart);
-      }
-      writer->Write(event);
-    }
-    event.Clear();
-    *event.mutable_result() = Result(*request);
-    writer->Write(event);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
-                          v1::ListModelsResponse* response) override {
-    Record(context, v1::SampleRequest(), "ListModels");
-    *response->add_models() = TinyModel();
-    *response->add_models() = UnconditionalModel();
-    response->set_default_model("tiny");
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
-                        v1::ModelInfo* response) override {
-    Record(context, v1::SampleRequest(), "GetModel");
-    if (request->name().empty() || request->name() == "tiny") {
-      *response = TinyModel();
-    } else if (request->name() == "uncond-big") {
-      *response = UnconditionalModel();
-    } else {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("no model \"", request->name(), "\""));
-    }
-    return grpc::Status::OK;
-  }
-
-  int calls() const { return calls_.load(); }
-  v1::SampleRequest last_request() {
-    absl::MutexLock lock(&mu_);
-    return last_request_;
-  }
-  std::string last_method() {
-    absl::MutexLock lock(&mu_);
-    return last_method_;
-  }
-  std::string last_authorization() {
-    absl::MutexLock lock(&mu_);
-    return last_authorization_;
-  }
-  // True once a call has noticed that its client cancelled it (or its deadline passed).
-  bool WaitForCancellation(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(&saw_cancellation_), timeout);
-  }
-
- private:
-  void Record(grpc::ServerContext* context, const v1::SampleRequest& request, const char* method) {
-    ++calls_;
-    absl::MutexLock lock(&mu_);
-    last_method_ = method;
-    last_request_ = request;
-    last_authorization_.clear();
-    auto it = context->client_metadata().find("authorization");
-    if (it != context->client_metadata().end()) {
-      last_authorization_.assign(it->second.data(), it->second.size());
-    }
-  }
-
-  void MarkCancelled() {
-    absl::MutexLock lock(&mu_);
-    saw_cancellation_ = true;
-  }
-
-  grpc::Status WaitForCancel(grpc::ServerContext* context) {
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (!context->IsCancelled() && std::chrono::steady_clock::now() < give_up) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (context->IsCancelled()) MarkCancelled();
-    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-  }
-
-  grpc::Status StreamUntilCancelled(grpc::ServerContext* context,
-                                    grpc::ServerWriter<v1::SampleEvent>* writer) {
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    v1::SampleEvent event;
-    event.mutable_accepted()->set_total_steps(1000000);
-    writer->Write(event);
-    for (uint32_t step = 0; std::chrono::steady_clock::now() < give_up; ++step) {
-      event.Clear();
-      event.mutable_step()->set_step(step);
-      event.mutable_step()->set_total_steps(1000000);
-      if (context->IsCancelled() || !writer->Write(event)) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (context->IsCancelled()) MarkCancelled();
-    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-  }
-
-  static int64_t ImageCount(const v1::SampleRequest& request) {
-    return request.labels_size() > 0 ? request.labels_size() : request.num_samples();
-  }
-
-  static uint32_t Steps(const v1::SampleRequest& request) {
-    uint32_t steps = 0;
-    return absl::SimpleAtoi(request.timestep_respacing(), &steps) ? steps : kDefaultSteps;
-  }
-
-  static grpc::Status Check(const v1::SampleRequest& request) {
-    int code = 0;
-    if (absl::StartsWith(request.model(), "status:") &&
-        absl::SimpleAtoi(request.model().substr(7), &code)) {
-      return grpc::Status(static_cast<grpc::StatusCode>(code),
-                          absl::StrCat("canned failure ", code));
-    }
-    if (!request.model().empty() && request.model() != "tiny") {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("no model \"", request.model(), "\""));
-    }
-    for (int i = 0; i < request.labels_size(); ++i) {
-      if (request.labels(i) < 0 || request.labels(i) >= kNumClasses) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("labels[", i, "] = ", request.labels(i),
-                                         " is outside [0, ", kNumClasses, ") for model \"tiny\""));
-      }
-    }
-    if (ImageCount(request) == 0) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no images asked for");
-    }
-    return grpc::Status::OK;
-  }
-
-  static v1::SampleResponse Result(const v1::SampleRequest& request) {
-    const int64_t n = ImageCount(request);
-    v1::SampleResponse response;
-    response.set_request_id("req-1");
-    response.set_model("tiny");
-    for (int64_t i = 0; i < n; ++i) {
-      response.add_labels(request.labels_size() > 0 ? request.labels(i) : 0);
-    }
-    const formats::Array samples = CannedSamples(n);
-    const formats::Array images = *SamplesToUint8(samples);
-    if (!request.output().skip_png()) {
-      const std::vector<formats::Image> pngs = *Uint8ToImages(images);
-      for (const formats::Image& image : pngs) response.add_png(*formats::EncodePng(image));
-    }
-    if (request.output().float32()) *response.mutable_samples() = ToTensor(samples);
-    if (request.output().uint8()) *response.mutable_images_uint8() = ToTensor(images);
-    response.set_steps(Steps(request));
-    response.set_queue_seconds(0.25);
-    response.set_sampling_seconds(2.0);
-    return response;
-  }
-
-  std::atomic<int> calls_{0};
-  absl::Mutex mu_;
-  std::string last_method_ ABSL_GUARDED_BY(mu_);
-  v1::SampleRequest last_request_ ABSL_GUARDED_BY(mu_);
-  std::string last_authorization_ ABSL_GUARDED_BY(mu_);
-  bool saw_cancellation_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-// The fake on 127.0.0.1 at a port the kernel picks, with gRPC's default health service; insecure
-// unless told otherwise.
-class FakeServer {
- public:
-  explicit FakeServer(
-      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", std::move(credentials), &port_);
-    builder.RegisterService(&sampler_);
-    server_ = builder.BuildAndStart();
-  }
-  ~FakeServer() { server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1)); }
-
-  bool started() const { return server_ != nullptr && port_ > 0; }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-  FakeSampler& sampler() { return sampler_; }
-  grpc::HealthCheckServiceInterface* health() { return server_->GetHealthCheckService(); }
-
- private:
-  FakeSampler sampler_;
-  int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
-};
-
-class ClientTest : public ::testing::Test {
- protected:
-  void SetUp() override { ASSERT_TRUE(server_.started()); }
-
-  std::unique_ptr<SamplerClient> Connect(ClientOptions options = {}) {
-    options.target = server_.address();
-    absl::StatusOr<std::unique_ptr<SamplerClient>> client = SamplerClient::Create(options);
-    EXPECT_TRUE(client.ok()) << client.status();
-    return client.ok() ? *std::move(client) : nullptr;
-  }
-
-  static v1::SampleRequest LabelledRequest(std::vector<int64_t> labels) {
-    v1::SampleRequest request;
-    request.mutable_labels()->Add(labels.begin(), labels.end());
-    return request;
-  }
-
-  FakeServer server_;
-};
 
 // ---- The library against the fake ---------------------------------------------------------------
 
@@ -787,84 +442,6 @@ TEST(TensorTest, Uint8ToImagesSplitsTheBatch) {
 
 // ---- The gd CLI against the fake ----------------------------------------------------------------
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string ReadFileOrEmpty(const std::string& path) {
-  absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
-  return bytes.ok() ? *bytes : std::string();
-}
-
-int WaitForExit(pid_t pid) {
-  // Kill a hung CLI after 60 s rather than hang the suite.
-  for (int waited_ms = 0;; waited_ms += 10) {
-    int status = 0;
-    const pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (done < 0) return -1;
-    if (waited_ms > 60'000) kill(pid, SIGKILL);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-class CliTest : public ClientTest {
- protected:
-  void SetUp() override {
-    ClientTest::SetUp();
-    std::string pattern = ::testing::TempDir() + "gd_cli_XXXXXX";
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-
-  std::string Path(absl::string_view name) const { return absl::StrCat(dir_, "/", name); }
-
-  // Starts `gd args...`, with --server of the fake unless with_server is false. stdout goes to
-  // stdout.txt; stderr to stderr.txt, or to `stderr_fd` when that is >= 0. Returns the pid, or
-  // -1 after a test failure.
-  pid_t Start(std::vector<std::string> args, bool with_server, int stderr_fd = -1) {
-    if (with_server) args.insert(args.begin(), "--server=" + server_.address());
-    args.insert(args.begin(), GD_CLI_PATH);
-    std::vector<char*> argv;
-    argv.reserve(args.size() + 1);
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, Path("stdout.txt").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (stderr_fd >= 0) {
-      posix_spawn_file_actions_adddup2(&actions, stderr_fd, STDERR_FILENO);
-    } else {
-      posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, Path("stderr.txt").c_str(),
-                                       O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    }
-    pid_t pid = -1;
-    const int error = posix_spawn(&pid, GD_CLI_PATH, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (error != 0) {
-      ADD_FAILURE() << "cannot run " << GD_CLI_PATH << ": " << std::strerror(error);
-      return -1;
-    }
-    return pid;
-  }
-
-  // Runs `gd args...` with stdout and stderr captured in files (so neither is a terminal).
-  CliResult Run(std::vector<std::string> args, bool with_server = true) {
-    CliResult result;
-    const pid_t pid = Start(std::move(args), with_server);
-    if (pid < 0) return result;
-    result.exit_code = WaitForExit(pid);
-    result.out = ReadFileOrEmpty(Path("stdout.txt"));
-    result.err = ReadFileOrEmpty(Path("stderr.txt"));
-    return result;
-  }
-
-  std::string dir_;
-};
-
 absl::StatusOr<formats::Array> ReadNpy(const std::string& path) {
   absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
   if (!bytes.ok()) return bytes.status();
@@ -1009,8 +586,9 @@ TEST_F(CliTest, StreamDumpsTheStreamedSteps) {
       ASSERT_TRUE(array.ok()) << array.status();
       EXPECT_EQ(array->dtype, formats::DType::kFloat32);
       EXPECT_EQ(array->shape, (std::vector<int64_t>{2, kChannels, kImageSize, kImageSize}));
-      const float offset = std::string(name) == "x_t" ? step / 100.0f : 0.0f;
-      EXPECT_EQ(array->data, CannedSamples(2, offset).data) << path;
+      const formats::Array expected =
+          std::string(name) == "x_t" ? CannedXt(2, step) : CannedPredXstart(2, step);
+      EXPECT_EQ(array->data, expected.data) << path;
     }
   }
   struct stat info;
@@ -1107,6 +685,11 @@ TEST_F(CliTest, HelpDocumentsTheFlags) {
                            "--columns",
                            "--every",
                            "--dump_dir",
+                           "--strip",
+                           "--strip_columns",
+                           "--gif",
+                           "--gif_frame_ms",
+                           "--listen",
                            "--tls",
                            "--tls_ca",
                            "--tls_cert",
@@ -1116,6 +699,7 @@ TEST_F(CliTest, HelpDocumentsTheFlags) {
     EXPECT_THAT(help, HasSubstr(absl::StrCat(flag, " ("))) << flag;
   }
   EXPECT_THAT(help, HasSubstr("usage: gd <command>"));
+  EXPECT_THAT(help, HasSubstr("  view    a web page"));
 }
 
 // With stderr on a terminal, sample draws a progress bar there (and still writes its outputs).
