@@ -134,30 +134,34 @@ absl::StatusOr<v1::StepEvent> StepEventFromUpdate(const StepUpdate& update,
     event.set_images_per_second(static_cast<double>(images) * static_cast<double>(update.step + 1) /
                                 static_cast<double>(update.total_steps) / update.elapsed_seconds);
   }
-  const auto format = stream.format();
-  auto add = [&](const torch::Tensor& t, v1::Tensor* tensor,
-                 google::protobuf::RepeatedPtrField<std::string>* pngs) -> absl::Status {
+  const bool png = stream.format() == v1::StreamOptions::FORMAT_PNG;
+  const v1::DType dtype = stream.format() == v1::StreamOptions::FORMAT_TENSOR_FLOAT16
+                              ? v1::DTYPE_FLOAT16
+                              : v1::DTYPE_FLOAT32;
+  // Only the fields the format calls for are touched, so a PNG event carries no empty Tensor
+  // messages and a tensor event no empty PNG lists.
+  auto add = [&](const torch::Tensor& t, v1::Tensor* (v1::StepEvent::*tensor)(),
+                 google::protobuf::RepeatedPtrField<std::string>* (v1::StepEvent::*pngs)())
+      -> absl::Status {
     if (!t.defined()) return absl::OkStatus();
-    if (format == v1::StreamOptions::FORMAT_PNG) {
-      auto encoded = EncodePngs(t);
-      if (!encoded.ok()) return encoded.status();
-      for (auto& png : *encoded) *pngs->Add() = std::move(png);
-    } else {
-      TensorToProto(t,
-                    format == v1::StreamOptions::FORMAT_TENSOR_FLOAT16 ? v1::DTYPE_FLOAT16
-                                                                       : v1::DTYPE_FLOAT32,
-                    tensor);
+    if (!png) {
+      TensorToProto(t, dtype, (event.*tensor)());
+      return absl::OkStatus();
     }
+    auto encoded = EncodePngs(t);
+    if (!encoded.ok()) return encoded.status();
+    for (auto& image : *encoded) *(event.*pngs)()->Add() = std::move(image);
     return absl::OkStatus();
   };
-  if (auto s = add(update.x_t, event.mutable_x_t(), event.mutable_x_t_png()); !s.ok()) return s;
-  if (auto s = add(update.pred_xstart, event.mutable_pred_xstart(),
-                   event.mutable_pred_xstart_png());
+  if (auto s = add(update.x_t, &v1::StepEvent::mutable_x_t, &v1::StepEvent::mutable_x_t_png);
       !s.ok()) {
     return s;
   }
-  if (!update.x_t.defined()) event.clear_x_t();
-  if (!update.pred_xstart.defined()) event.clear_pred_xstart();
+  if (auto s = add(update.pred_xstart, &v1::StepEvent::mutable_pred_xstart,
+                   &v1::StepEvent::mutable_pred_xstart_png);
+      !s.ok()) {
+    return s;
+  }
   return event;
 }
 

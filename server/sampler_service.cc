@@ -288,9 +288,14 @@ class StreamReactor final : public grpc::ServerWriteReactor<SampleEvent>,
   void EncodeNext() {
     Pending next;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       if (pending_.empty()) {
+        // An error (which clears the queue) arrived after this encode was posted; its own
+        // decision deferred to this one, so the stream is finished from here.
         encoding_ = false;
+        const Action action = DecideLocked();
+        lock.unlock();
+        Act(action);
         return;
       }
       next = std::move(pending_.front());
