@@ -10,9 +10,15 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+
+#if GD_CUDA_MEMORY_STATS
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace gd::server {
 namespace {
@@ -47,6 +53,25 @@ int64_t ResidentBytes() {
   int64_t pages_total = 0, pages_resident = 0;
   statm >> pages_total >> pages_resident;
   return pages_resident * sysconf(_SC_PAGESIZE);
+}
+
+struct DeviceMemory {
+  int64_t allocated = 0;  // bytes in live tensors
+  int64_t reserved = 0;   // bytes the caching allocator holds from the driver
+};
+
+// The CUDA caching allocator's counters for one device; nullopt where LibTorch has no CUDA.
+std::optional<DeviceMemory> CudaMemory(int index) {
+#if GD_CUDA_MEMORY_STATS
+  // Index 0 of each StatArray is the aggregate over pool types, in every LibTorch version.
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+      static_cast<c10::DeviceIndex>(index));
+  return DeviceMemory{static_cast<int64_t>(stats.allocated_bytes[0].current),
+                      static_cast<int64_t>(stats.reserved_bytes[0].current)};
+#else
+  (void)index;
+  return std::nullopt;
+#endif
 }
 
 }  // namespace
@@ -176,6 +201,22 @@ std::string Metrics::Render() const {
   }
   Header(&out, "gd_process_resident_memory_bytes", "gauge", "Resident memory of the process.");
   absl::StrAppend(&out, "gd_process_resident_memory_bytes ", ResidentBytes(), "\n");
+  std::set<int> cuda_devices;
+  for (const auto& e : engines) {
+    const torch::Device device = e->bundle().device;
+    if (device.is_cuda()) cuda_devices.insert(device.has_index() ? device.index() : 0);
+  }
+  Header(&out, "gd_device_memory_allocated_bytes", "gauge",
+         "Accelerator memory in live tensors, per CUDA device a model runs on.");
+  Header(&out, "gd_device_memory_reserved_bytes", "gauge",
+         "Accelerator memory held by the caching allocator, per CUDA device a model runs on.");
+  for (int index : cuda_devices) {
+    const auto memory = CudaMemory(index);
+    if (!memory.has_value()) continue;
+    const std::string label = absl::StrCat("{device=\"cuda:", index, "\"} ");
+    absl::StrAppend(&out, "gd_device_memory_allocated_bytes", label, memory->allocated, "\n");
+    absl::StrAppend(&out, "gd_device_memory_reserved_bytes", label, memory->reserved, "\n");
+  }
   Header(&out, "gd_process_start_time_seconds", "gauge", "Unix time the process started.");
   absl::StrAppend(&out, "gd_process_start_time_seconds ", Number(start_time_), "\n");
   return out;

@@ -275,6 +275,9 @@ TEST_F(SecurityTest, MetricsEndpointExposesRequestsQueueAndLatency) {
         "# TYPE gd_unet_step_seconds histogram", "gd_process_resident_memory_bytes"}) {
     EXPECT_NE(metrics.find(needle), std::string::npos) << needle << "\n" << metrics;
   }
+  // Device memory is a family without samples when every model runs on the CPU.
+  EXPECT_NE(metrics.find("# TYPE gd_device_memory_allocated_bytes gauge"), std::string::npos);
+  EXPECT_EQ(metrics.find("gd_device_memory_allocated_bytes{"), std::string::npos);
   EXPECT_NE(get("/readyz").find("503"), std::string::npos);
   ready = true;
   EXPECT_NE(get("/readyz").find("200"), std::string::npos);
