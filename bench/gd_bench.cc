@@ -54,6 +54,9 @@ ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one req
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
 ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
 ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
+ABSL_FLAG(bool, mkldnn, true,
+          "Let LibTorch use its oneDNN (MKLDNN) kernels on the CPU; false measures its native "
+          "convolutions instead.");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, markdown, "", "Write the results as a Markdown table here.");
 
@@ -61,11 +64,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<int64_t> ParseList(const std::string& text) {
+// A comma-separated list of positive counts ("" is an empty list: skip those scenarios).
+std::vector<int64_t> ParseList(const char* flag, const std::string& text) {
   std::vector<int64_t> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     int64_t v = 0;
-    if (absl::SimpleAtoi(part, &v) && v > 0) out.push_back(v);
+    if (!absl::SimpleAtoi(part, &v) || v <= 0) {
+      std::cerr << "gd-bench: --" << flag << " takes positive integers separated by commas, not \""
+                << part << "\"\n";
+      std::exit(2);
+    }
+    out.push_back(v);
   }
   return out;
 }
@@ -251,11 +260,15 @@ absl::StatusOr<gd::ModelSpec> Spec() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("measures sampling throughput and latency; see docs/benchmarks.md");
   absl::ParseCommandLine(argc, argv);
+  const std::vector<int64_t> concurrency =
+      ParseList("concurrency", absl::GetFlag(FLAGS_concurrency));
+  const std::vector<int64_t> batches = ParseList("batches", absl::GetFlag(FLAGS_batches));
   spdlog::set_level(spdlog::level::warn);  // no per-request log lines in the figures' way
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(threads);
+  at::globalContext().setUserEnabledMkldnn(absl::GetFlag(FLAGS_mkldnn));
   auto spec = Spec();
   if (!spec.ok()) {
     std::cerr << "gd-bench: " << spec.status().message() << "\n";
@@ -283,6 +296,8 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
+  std::printf("oneDNN %s, channels_last %s\n", absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
+              absl::GetFlag(FLAGS_channels_last) ? "on" : "off");
   std::printf("requests: DDIM %s, classifier_scale %g\n",
               absl::GetFlag(FLAGS_timestep_respacing).c_str(),
               m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
@@ -301,11 +316,11 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   const Submitter in_process = EngineSubmitter(*engine, m);
   in_process(1, 0);  // warm up (allocator, oneDNN primitives)
-  for (int64_t c : ParseList(absl::GetFlag(FLAGS_concurrency))) {
+  for (int64_t c : concurrency) {
     results.push_back(Measure("engine", "concurrency", c, 1, in_process, *engine, flops, peak));
     Print(results.back());
   }
-  for (int64_t b : ParseList(absl::GetFlag(FLAGS_batches))) {
+  for (int64_t b : batches) {
     if (b > options.max_batch) continue;
     results.push_back(Measure("engine", "batch", 1, b, in_process, *engine, flops, peak));
     Print(results.back());
@@ -341,11 +356,11 @@ int main(int argc, char** argv) {
         if (!(*client)->Sample(request).ok()) return -1;
         return std::chrono::duration<double>(Clock::now() - start).count();
       };
-      for (int64_t c : ParseList(absl::GetFlag(FLAGS_concurrency))) {
+      for (int64_t c : concurrency) {
         results.push_back(Measure("grpc", "concurrency", c, 1, over_grpc, *engine, flops, peak));
         Print(results.back());
       }
-      for (int64_t b : ParseList(absl::GetFlag(FLAGS_batches))) {
+      for (int64_t b : batches) {
         if (b > options.max_batch) continue;
         results.push_back(Measure("grpc", "batch", 1, b, over_grpc, *engine, flops, peak));
         Print(results.back());
@@ -362,6 +377,9 @@ int main(int argc, char** argv) {
       {"device", device.str()},
       {"dtype", gd::ToString(*precision)},
       {"threads", threads},
+      {"mkldnn", absl::GetFlag(FLAGS_mkldnn)},
+      {"channels_last", absl::GetFlag(FLAGS_channels_last)},
+      {"max_batch", absl::GetFlag(FLAGS_max_batch)},
       {"cores", std::thread::hardware_concurrency()},
       {"timestep_respacing", absl::GetFlag(FLAGS_timestep_respacing)},
       {"classifier_scale", m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0},
