@@ -20,7 +20,11 @@ for scale in 0 1 3 10; do
     --sampler ddim --timestep_respacing ddim50 --seed 2026 --columns 8 --out "$OUT/scale_$scale.png" \
     --npz "$OUT/scale_$scale.npz"
 done
-# A denoising strip for the README: one image per class, pred_xstart every few steps.
+# The README's pictures: a denoising strip (pred_xstart at 10 evenly spaced steps, one row per
+# class) and a guided grid (8 samples per class, one row per class, scale 3), both committed.
+FIG=models/fashion-mnist/figures
 build/bin/gd stream --server "127.0.0.1:$PORT" --labels 0,1,2,3,4,5,6,7,8,9 --classifier_scale 3 \
-  --sampler ddim --timestep_respacing ddim50 --seed 7 --every 1 --dump_dir "$OUT/strip" >/dev/null
+  --sampler ddim --timestep_respacing ddim50 --seed 7 --strip "$FIG/strip.png" \
+  --strip_columns 10 >/dev/null
+cp "$OUT/scale_3.png" "$FIG/guided_grid.png"
 /usr/bin/python3 scripts/model-card-figures.py --grids "$OUT"
