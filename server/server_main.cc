@@ -7,7 +7,9 @@
 //       --classifier_path 256x256_classifier.pt --classifier_flags "--classifier_depth 2 ..."
 //
 // Every flag is listed by --help and in docs/flags.md.
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <csignal>
 #include <filesystem>
 #include <memory>
@@ -73,6 +75,9 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "File of accepted bearer tokens, one per line: Sampler calls must send "
           "\"authorization: Bearer <token>\" (health and reflection stay open).");
 ABSL_FLAG(int, max_concurrent_streams, 0, "StreamSample calls open at once (0: no limit).");
+ABSL_FLAG(int, max_connection_age_s, 0,
+          "Close each client connection (GOAWAY, calls in flight finish) after this many "
+          "seconds, so clients re-resolve DNS and spread onto replicas added since (0: never).");
 ABSL_FLAG(int64_t, max_pixel_steps, 0,
           "Per request: images x height x width x steps (0: no limit).");
 
@@ -173,6 +178,10 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   auto precision = gd::ParsePrecision(absl::GetFlag(FLAGS_dtype));
   if (!precision.ok()) return Fail(precision.status());
+  if (const int age = absl::GetFlag(FLAGS_max_connection_age_s); age < 0) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max_connection_age_s = ", age, " is negative (0: never)")));
+  }
   torch::Device device = torch::kCPU;
   try {
     device = torch::Device(absl::GetFlag(FLAGS_device));
@@ -225,6 +234,12 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(address, *credentials, &bound_port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  if (const int age = absl::GetFlag(FLAGS_max_connection_age_s); age > 0) {
+    // Calls in flight on an aged connection keep running (the grace period is unbounded);
+    // the client's next call opens a new connection after re-resolving the target.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(std::min<int64_t>(age * int64_t{1000}, INT32_MAX)));
+  }
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {

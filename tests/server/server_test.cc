@@ -650,6 +650,36 @@ TEST(ServerBinary, ServesTheBundledModelWithoutFlags) {
   });
 }
 
+// --max_connection_age_s closes connections so clients re-resolve and reach new replicas; a
+// stream that outlives its connection's age still finishes, and the channel reconnects.
+TEST(ServerBinary, AgedConnectionsLetCallsInFlightFinishAndReconnect) {
+  if (!fs::exists(testing::SourceDir() + "/models/fashion-mnist/model.json")) {
+    GTEST_SKIP() << "no bundled model in models/fashion-mnist";
+  }
+  WithServer({"--max_connection_age_s", "1"}, [](client::SamplerClient& c) {
+    v1::SampleRequest request;
+    request.add_labels(2);
+    request.set_sampler(v1::SAMPLER_KIND_DDIM);
+    request.set_timestep_respacing("ddim5");
+    ASSERT_TRUE(c.Sample(request).ok());
+    // Long enough (~2-4 s here) to span the connection's 1 s age.
+    v1::SampleRequest long_stream = request;
+    long_stream.set_timestep_respacing("ddim40");
+    const auto started = std::chrono::steady_clock::now();
+    int steps = 0;
+    auto result = c.StreamSample(long_stream, [&](const v1::SampleEvent& e) {
+      steps += e.has_step() ? 1 : 0;
+      return true;
+    });
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(steps, 40);
+    if (std::chrono::steady_clock::now() - started < std::chrono::milliseconds(1500)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    }
+    EXPECT_TRUE(c.Sample(request).ok()) << "the channel reconnects after the server's GOAWAY";
+  });
+}
+
 TEST(ServerBinary, BadFlagsFailWithAMessage) {
   std::string output;
   EXPECT_EQ(RunCommand(absl::StrCat(GD_SERVER_PATH, " --model_path /nonexistent.pt --model_flags "
@@ -659,6 +689,9 @@ TEST(ServerBinary, BadFlagsFailWithAMessage) {
   EXPECT_NE(output.find("/nonexistent.pt"), std::string::npos) << output;
   EXPECT_EQ(RunCommand(absl::StrCat(GD_SERVER_PATH, " --dtype fp8 --port 0"), &output), 1);
   EXPECT_NE(output.find("fp8"), std::string::npos) << output;
+  EXPECT_EQ(RunCommand(absl::StrCat(GD_SERVER_PATH, " --max_connection_age_s -1 --port 0"), &output),
+            1);
+  EXPECT_NE(output.find("--max_connection_age_s = -1"), std::string::npos) << output;
 }
 
 }  // namespace
