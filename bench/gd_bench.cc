@@ -316,15 +316,19 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   const Submitter in_process = EngineSubmitter(*engine, m);
   in_process(1, 0);  // warm up (allocator, oneDNN primitives)
-  for (int64_t c : concurrency) {
-    results.push_back(Measure("engine", "concurrency", c, 1, in_process, *engine, flops, peak));
-    Print(results.back());
-  }
-  for (int64_t b : batches) {
-    if (b > options.max_batch) continue;
-    results.push_back(Measure("engine", "batch", 1, b, in_process, *engine, flops, peak));
-    Print(results.back());
-  }
+  // Every scenario through one way of submitting ("engine" in process, "grpc" on loopback).
+  auto run_scenarios = [&](const char* mode, const Submitter& submit) {
+    for (int64_t c : concurrency) {
+      results.push_back(Measure(mode, "concurrency", c, 1, submit, *engine, flops, peak));
+      Print(results.back());
+    }
+    for (int64_t b : batches) {
+      if (b > options.max_batch) continue;  // would be refused: more images than slots
+      results.push_back(Measure(mode, "batch", 1, b, submit, *engine, flops, peak));
+      Print(results.back());
+    }
+  };
+  run_scenarios("engine", in_process);
 
 #ifdef GD_BENCH_GRPC
   if (absl::GetFlag(FLAGS_grpc)) {
@@ -356,16 +360,10 @@ int main(int argc, char** argv) {
         if (!(*client)->Sample(request).ok()) return -1;
         return std::chrono::duration<double>(Clock::now() - start).count();
       };
-      for (int64_t c : concurrency) {
-        results.push_back(Measure("grpc", "concurrency", c, 1, over_grpc, *engine, flops, peak));
-        Print(results.back());
-      }
-      for (int64_t b : batches) {
-        if (b > options.max_batch) continue;
-        results.push_back(Measure("grpc", "batch", 1, b, over_grpc, *engine, flops, peak));
-        Print(results.back());
-      }
+      run_scenarios("grpc", over_grpc);
       server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    } else {
+      std::cerr << "gd-bench: cannot start the loopback gRPC server; gRPC rows skipped\n";
     }
   }
 #endif
