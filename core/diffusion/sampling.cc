@@ -32,6 +32,15 @@ uint64_t DeriveSeed(uint64_t seed, uint64_t stream) {
   return mix(mix(seed) + stream);
 }
 
+const char* ToString(SamplerKind kind) {
+  switch (kind) {
+    case SamplerKind::kDdpm: return "ddpm";
+    case SamplerKind::kDdim: return "ddim";
+    case SamplerKind::kDpmSolverPP: return "dpm++";
+  }
+  return "?";
+}
+
 namespace {
 
 torch::Tensor FullSteps(int64_t value, int64_t n, const torch::Device& device) {
@@ -94,6 +103,8 @@ torch::Tensor SampleLoop(SamplerKind kind, const GaussianDiffusion& diffusion, c
                          at::IntArrayRef shape, const std::optional<torch::Tensor>& x_T,
                          const SampleOptions& options, NoiseSource& noise,
                          const StepCallback& on_step) {
+  TORCH_CHECK(kind != SamplerKind::kDpmSolverPP, "SampleLoop runs DDPM and DDIM; DPM-Solver++ is "
+              "DpmSolverLoop");
   torch::NoGradGuard no_grad;
   torch::Tensor img;
   if (x_T.has_value()) {

@@ -81,9 +81,11 @@ StepResult DdimReverseSample(const GaussianDiffusion& diffusion, const ModelFn& 
                              const torch::Tensor& x, const torch::Tensor& t,
                              const SampleOptions& options);
 
-enum class SamplerKind { kDdpm, kDdim };
+// The reverse processes the service offers; DPM-Solver++ lives in dpm_solver.h.
+enum class SamplerKind { kDdpm, kDdim, kDpmSolverPP };
+const char* ToString(SamplerKind kind);  // "ddpm", "ddim", "dpm++"
 
-// Full loops from x_T (drawn from `noise` when not given) down to x_0. `on_step`, when set, sees
+// Full DDPM or DDIM loops from x_T (drawn from `noise` when not given) down to x_0. `on_step`, when set, sees
 // every step's x_{t-1} and pred_xstart (the reference's *_progressive generators).
 torch::Tensor SampleLoop(SamplerKind kind, const GaussianDiffusion& diffusion, const ModelFn& model,
                          at::IntArrayRef shape, const std::optional<torch::Tensor>& x_T,

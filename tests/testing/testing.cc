@@ -65,19 +65,41 @@ ModelSpec ParityFixture::Spec(bool with_classifier) const {
   return spec;
 }
 
+namespace {
+
+// Every tensor of a torch.save'd plain dict (name -> tensor).
+std::map<std::string, torch::Tensor> ReadTensorDict(const std::string& path) {
+  std::map<std::string, torch::Tensor> tensors;
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
+    tensors[item.key().toStringRef()] = item.value().toTensor();
+  }
+  return tensors;
+}
+
+}  // namespace
+
 const ParityFixture& Parity64() {
   static const ParityFixture* fixture = [] {
     auto* f = new ParityFixture;
     const std::string dir = Parity64Dir();
     std::ifstream(dir + "/fixture.json") >> f->json;
-    std::ifstream in(dir + "/tensors.pt", std::ios::binary);
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    for (const auto& item : torch::pickle_load(bytes).toGenericDict()) {
-      f->tensors[item.key().toStringRef()] = item.value().toTensor();
-    }
+    f->tensors = ReadTensorDict(dir + "/tensors.pt");
     return f;
   }();
   return *fixture;
+}
+
+std::string Dpm64Dir() {
+  const std::filesystem::path dir = std::filesystem::path(FixturesDir()) / "dpm-64";
+  return std::filesystem::exists(dir / "dpm_tensors.pt") ? dir.string() : "";
+}
+
+const std::map<std::string, torch::Tensor>& Dpm64() {
+  static const auto* tensors =
+      new std::map<std::string, torch::Tensor>(ReadTensorDict(Dpm64Dir() + "/dpm_tensors.pt"));
+  return *tensors;
 }
 
 }  // namespace gd::testing

@@ -40,6 +40,11 @@ struct ParityFixture {
 };
 const ParityFixture& Parity64();
 
+// fixtures/dpm-64 (DPM-Solver++ golden samples on the parity-64 checkpoints), or "" when absent.
+std::string Dpm64Dir();
+// Its dpm_tensors.pt, read once. Call only when Dpm64Dir() is not empty.
+const std::map<std::string, torch::Tensor>& Dpm64();
+
 }  // namespace gd::testing
 
 // Skips the test when the parity fixtures are not there.
@@ -49,4 +54,14 @@ const ParityFixture& Parity64();
       GTEST_SKIP() << "parity fixtures not found at " << ::gd::testing::FixturesDir()    \
                    << "/parity-64 (set GD_FIXTURES to the folder holding parity-64/)";   \
     }                                                                                    \
+  } while (0)
+
+// Skips the test when the DPM-Solver++ fixtures (or the parity-64 checkpoints they use) are absent.
+#define GD_REQUIRE_DPM_FIXTURES()                                                          \
+  do {                                                                                     \
+    GD_REQUIRE_PARITY_FIXTURES();                                                          \
+    if (::gd::testing::Dpm64Dir().empty()) {                                               \
+      GTEST_SKIP() << "DPM-Solver++ fixtures not found at " << ::gd::testing::FixturesDir() \
+                   << "/dpm-64 (set GD_FIXTURES to the folder holding dpm-64/)";           \
+    }                                                                                      \
   } while (0)
