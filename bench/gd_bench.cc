@@ -151,7 +151,7 @@ using Submitter = std::function<double(int64_t images, uint64_t seed)>;
 
 class Waiter : public gd::JobObserver {
  public:
-  void OnDone(absl::StatusOr<gd::JobResult> result) override { done.set_value(result.ok()); }
+  void OnFinished(absl::StatusOr<gd::JobResult> result) override { done.set_value(result.ok()); }
   std::promise<bool> done;
 };
 

@@ -1,5 +1,6 @@
 #include "server/codec.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -22,8 +23,21 @@ absl::StatusOr<std::vector<std::string>> EncodePngs(const torch::Tensor& samples
 
 }  // namespace
 
+absl::Status Bounded(const absl::Status& status) {
+  if (status.message().size() <= kMaxStatusMessageBytes) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message().substr(0, kMaxStatusMessageBytes), "..."));
+}
+
 grpc::Status ToGrpc(const absl::Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  const absl::Status bounded = Bounded(status);
+  return grpc::Status(static_cast<grpc::StatusCode>(bounded.code()),
+                      std::string(bounded.message()));
+}
+
+std::string Quote(const std::string& value, size_t max_bytes) {
+  if (value.size() <= max_bytes) return absl::StrCat("\"", value, "\"");
+  return absl::StrCat("\"", value.substr(0, max_bytes), "...\" (", value.size(), " bytes)");
 }
 
 absl::StatusOr<torch::Tensor> TensorFromProto(const v1::Tensor& tensor, const std::string& field) {
@@ -34,7 +48,9 @@ absl::StatusOr<torch::Tensor> TensorFromProto(const v1::Tensor& tensor, const st
     case v1::DTYPE_UINT8: type = torch::kUInt8; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ".dtype = ", v1::DType_Name(tensor.dtype()),
+          field, ".dtype = ", tensor.dtype(),
+          v1::DType_IsValid(tensor.dtype()) ? absl::StrCat(" (", v1::DType_Name(tensor.dtype()), ")")
+                                            : std::string(),
           " is not allowed (DTYPE_FLOAT32, DTYPE_FLOAT16 or DTYPE_UINT8)"));
   }
   std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
@@ -77,12 +93,33 @@ absl::StatusOr<SampleJob> JobFromRequest(const v1::SampleRequest& request) {
     case v1::SAMPLER_KIND_UNSPECIFIED:
     case v1::SAMPLER_KIND_DDPM: job.sampler = SamplerKind::kDdpm; break;
     case v1::SAMPLER_KIND_DDIM: job.sampler = SamplerKind::kDdim; break;
+    case v1::SAMPLER_KIND_DPM_SOLVER_PP: job.sampler = SamplerKind::kDpmSolverPP; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
-          "sampler = ", request.sampler(), " is unknown (SAMPLER_KIND_DDPM or SAMPLER_KIND_DDIM)"));
+          "sampler = ", request.sampler(),
+          " is unknown (SAMPLER_KIND_DDPM, SAMPLER_KIND_DDIM or SAMPLER_KIND_DPM_SOLVER_PP)"));
   }
   job.eta = request.eta();
+  if (request.timestep_respacing().size() > kMaxRespacingBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "timestep_respacing ", Quote(request.timestep_respacing()), " is longer than ",
+        kMaxRespacingBytes, " bytes"));
+  }
   job.timestep_respacing = request.timestep_respacing();
+  job.steps = request.steps();
+  job.solver_order = request.solver_order();
+  switch (request.skip_type()) {
+    case v1::SKIP_TYPE_UNSPECIFIED: break;
+    case v1::SKIP_TYPE_LOGSNR: job.skip_type = SkipType::kLogSnr; break;
+    case v1::SKIP_TYPE_TIME_UNIFORM: job.skip_type = SkipType::kTimeUniform; break;
+    case v1::SKIP_TYPE_TIME_QUADRATIC: job.skip_type = SkipType::kTimeQuadratic; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "skip_type = ", request.skip_type(),
+          " is unknown (SKIP_TYPE_LOGSNR, SKIP_TYPE_TIME_UNIFORM or SKIP_TYPE_TIME_QUADRATIC)"));
+  }
+  job.dynamic_thresholding_ratio = request.dynamic_thresholding_ratio();
+  job.first_image_index = request.first_image_index();
   job.seed = request.seed();
   job.clip_denoised = request.has_clip_denoised() ? request.clip_denoised().value() : true;
   if (request.has_noise()) {
@@ -129,7 +166,8 @@ absl::StatusOr<v1::StepEvent> StepEventFromUpdate(const StepUpdate& update,
   v1::StepEvent event;
   event.set_step(static_cast<uint32_t>(update.step));
   event.set_total_steps(static_cast<uint32_t>(update.total_steps));
-  event.set_timestep(update.timestep);
+  event.set_timestep(std::llround(update.timestep));
+  event.set_continuous_timestep(update.timestep);
   if (update.elapsed_seconds > 0) {
     event.set_images_per_second(static_cast<double>(images) * static_cast<double>(update.step + 1) /
                                 static_cast<double>(update.total_steps) / update.elapsed_seconds);
@@ -175,16 +213,24 @@ void DescribeModel(const Engine& engine, v1::ModelInfo* info) {
   info->set_class_conditional(m.class_conditional());
   info->set_has_classifier(m.has_classifier());
   info->set_diffusion_steps(static_cast<uint32_t>(m.diffusion.diffusion_steps));
-  info->add_samplers(v1::SAMPLER_KIND_DDPM);
-  info->add_samplers(v1::SAMPLER_KIND_DDIM);
+  for (SamplerKind kind : engine.samplers()) {
+    switch (kind) {
+      case SamplerKind::kDdpm: info->add_samplers(v1::SAMPLER_KIND_DDPM); break;
+      case SamplerKind::kDdim: info->add_samplers(v1::SAMPLER_KIND_DDIM); break;
+      case SamplerKind::kDpmSolverPP: info->add_samplers(v1::SAMPLER_KIND_DPM_SOLVER_PP); break;
+    }
+  }
   for (const auto& name : m.class_names) info->add_class_names(name);
   info->set_model_flags(m.model_flags);
   info->set_classifier_flags(m.classifier_flags);
   info->set_device(m.device.str());
   info->set_dtype(ToString(m.precision));
   info->set_max_images_per_request(static_cast<uint32_t>(engine.max_images_per_request()));
+  info->set_default_classifier_scale(m.default_classifier_scale);
+  info->set_max_steps(static_cast<uint32_t>(engine.options().max_steps));
+  info->set_max_classifier_scale(engine.options().max_classifier_scale);
 }
 
-const char* SamplerName(SamplerKind kind) { return kind == SamplerKind::kDdim ? "ddim" : "ddpm"; }
+const char* SamplerName(SamplerKind kind) { return ToString(kind); }
 
 }  // namespace gd::server

@@ -17,8 +17,18 @@ namespace gd::server {
 
 namespace v1 = ::guided_diffusion::v1;
 
-// absl and gRPC share the canonical status codes.
+// Limits on the request's strings: longer ones are INVALID_ARGUMENT, never echoed whole.
+inline constexpr size_t kMaxModelNameBytes = 256;
+inline constexpr size_t kMaxRespacingBytes = 1024;
+// Longest status message sent to a caller or written to the log; longer ones are cut.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+
+// absl and gRPC share the canonical status codes. Messages are cut to kMaxStatusMessageBytes.
 grpc::Status ToGrpc(const absl::Status& status);
+// `status` with its message cut to kMaxStatusMessageBytes.
+absl::Status Bounded(const absl::Status& status);
+// A caller's string for an error message: quoted, and cut to `max_bytes` with its length said.
+std::string Quote(const std::string& value, size_t max_bytes = 64);
 
 // A proto Tensor (float32/float16/uint8) as a CPU tensor; INVALID_ARGUMENT naming `field` when
 // the dtype is missing or the byte count does not match the shape.

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/codec.h"
 
 namespace gd::server {
 
@@ -15,13 +16,17 @@ absl::StatusOr<std::shared_ptr<Engine>> ModelRegistry::Find(const std::string& n
   std::lock_guard<std::mutex> lock(mu_);
   if (!accepting_) return absl::UnavailableError("the server is shutting down");
   if (engines_.empty()) return absl::UnavailableError("no model is loaded yet; retry shortly");
+  if (name.size() > kMaxModelNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("model name ", Quote(name), " is longer than ",
+                                                   kMaxModelNameBytes, " bytes"));
+  }
   const std::string& wanted = name.empty() ? default_ : name;
   std::vector<std::string> names;
   for (const auto& e : engines_) {
     if (e->bundle().name == wanted) return e;
     names.push_back(absl::StrCat("\"", e->bundle().name, "\""));
   }
-  return absl::NotFoundError(absl::StrCat("model \"", wanted, "\" is not served here (models: ",
+  return absl::NotFoundError(absl::StrCat("model ", Quote(wanted), " is not served here (models: ",
                                           absl::StrJoin(names, ", "), ")"));
 }
 

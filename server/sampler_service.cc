@@ -70,7 +70,7 @@ class SampleReactor final : public grpc::ServerUnaryReactor,
   }
 
   // JobObserver (engine thread): hand the encoding to the executor.
-  void OnDone(absl::StatusOr<JobResult> result) override {
+  void OnFinished(absl::StatusOr<JobResult> result) override {
     service_->executor().Post([self = shared_from_this(), result = std::move(result)]() mutable {
       self->Complete(std::move(result));
     });
@@ -89,7 +89,7 @@ class SampleReactor final : public grpc::ServerUnaryReactor,
 
   void FinishWith(const absl::Status& status, double queue_seconds) {
     record_.code = status.code();
-    record_.message = std::string(status.message());
+    record_.message = std::string(Bounded(status).message());
     record_.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
     record_.queue_seconds = queue_seconds;
     service_->Finished(record_);
@@ -214,7 +214,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<SampleEvent>,
     Act(action);
   }
 
-  void OnDone(absl::StatusOr<JobResult> result) override {
+  void OnFinished(absl::StatusOr<JobResult> result) override {
     Action action;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -348,7 +348,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<SampleEvent>,
     if (reported_) return;
     reported_ = true;
     record_.code = status.code();
-    record_.message = std::string(status.message());
+    record_.message = std::string(Bounded(status).message());
     record_.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
     record_.queue_seconds = queue_seconds;
     service_->Finished(record_);

@@ -56,7 +56,13 @@ ABSL_FLAG(int, max_batch, 32, "Images (slots) per UNet forward.");
 ABSL_FLAG(int, max_queue_images, 256,
           "Images that may wait for a slot per model; beyond it requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_images_per_request, 0, "Images per request (0: --max_batch).");
-ABSL_FLAG(int, max_steps, 0, "Denoising steps per request after respacing (0: no limit).");
+ABSL_FLAG(int, max_steps, 250,
+          "Denoising steps per request: after respacing for DDPM/DDIM, model calls for DPM-Solver++ "
+          "(0: no limit). 250 is the reference's sampling default; a full 1000-step DDPM run "
+          "costs four times that and needs --max_steps 1000.");
+ABSL_FLAG(double, max_classifier_scale, 100,
+          "Largest classifier_scale accepted (0: no limit). The paper's scales are 0.5-10; far "
+          "larger ones overflow the update and are refused up front.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest gRPC message received or sent.");
 ABSL_FLAG(int, drain_timeout_s, 30,
           "On SIGTERM/SIGINT: seconds running requests get to finish before being cancelled.");
@@ -257,6 +263,7 @@ int main(int argc, char** argv) {
   engine_options.max_queue_images = absl::GetFlag(FLAGS_max_queue_images);
   engine_options.max_images_per_request = absl::GetFlag(FLAGS_max_images_per_request);
   engine_options.max_steps = absl::GetFlag(FLAGS_max_steps);
+  engine_options.max_classifier_scale = absl::GetFlag(FLAGS_max_classifier_scale);
   engine_options.max_pixel_steps = absl::GetFlag(FLAGS_max_pixel_steps);
   for (size_t i = 0; i < specs->size(); ++i) {
     const gd::ModelSpec& spec = (*specs)[i];

@@ -186,6 +186,8 @@ class GaussianDiffusion {
   const std::vector<double>& alphas_cumprod() const { return alphas_cumprod_; }
   // timestep_map()[i] = original timestep of respaced step i.
   const std::vector<int64_t>& timestep_map() const { return timestep_map_; }
+  // The coefficient table [T x Coef::kCount], float32, on the CPU: row i is step i's.
+  const torch::Tensor& host_table() const { return table_; }
 
   // Coefficients at respaced timesteps t [N] (int64), on t's device.
   StepCoefficients Gather(const torch::Tensor& t) const;

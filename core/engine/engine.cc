@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include <ATen/record_function.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/diffusion/counter_noise.h"
 #include "core/nn/guidance.h"
 
 namespace gd {
@@ -22,6 +25,12 @@ std::string ShapeString(at::IntArrayRef shape) {
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
+// The message of an exception from the networks or the tensor math, without LibTorch's backtrace.
+std::string WhatOf(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  return e.what();
+}
+
 }  // namespace
 
 // A request's images advance together: they are admitted in the same iteration and share a
@@ -30,20 +39,52 @@ struct Engine::Request {
   SampleJob job;
   std::shared_ptr<JobObserver> observer;
   std::shared_ptr<JobHandle> handle;
-  std::shared_ptr<const GaussianDiffusion> process;
+  std::unique_ptr<SamplerRun> run;
   int64_t images = 0;
   int64_t total_steps = 0;
   Clock::time_point submitted;
   Clock::time_point admitted;
 
   // Slot state, on the engine's device.
-  torch::Tensor x;                         // [N x C x H x W] float32: the current x_t
-  std::vector<torch::Generator> streams;   // one random stream per image
-  torch::Tensor labels;                    // [N] int64 (zeros when the request has none)
-  int64_t step = 0;                        // steps done
-  bool active = false;                     // holds slots in the batch
-  bool finished = false;
+  torch::Tensor x;                 // [N x C x H x W] float32: the current x_t
+  std::vector<int64_t> noise_keys;  // one random stream per image (NoiseKey)
+  int64_t step = 0;                // steps done
+  bool active = false;             // holds slots in the batch
+  bool finished = false;           // the observer has been told
+
+  bool expired(Clock::time_point now) const { return job.deadline.has_value() && now >= *job.deadline; }
 };
+
+// One iteration's batch: the running requests' rows, in order, with what every phase needs.
+struct Engine::Batch {
+  int64_t rows = 0;
+  torch::Tensor x;         // [B x C x H x W]
+  torch::Tensor model_t;   // [B] float32: the networks' timesteps
+  torch::Tensor labels;    // [B] int64
+  torch::Tensor scale;     // [B] float32 classifier scale (0 = unguided)
+  std::vector<int64_t> guided_rows;
+  bool needs_noise = false;
+  torch::Tensor noise;     // [B x C x H x W] when needs_noise
+  torch::Tensor output;    // the UNet's output
+  torch::Tensor grad;      // scaled classifier gradient, zero on unguided rows (when any guided)
+  torch::Tensor guided;    // [B x 1 x 1 x 1] bool (with grad)
+  std::vector<X0Correction::Mode> x0_modes;
+  std::vector<float> x0_ratios;
+  // Requests [begin, end) of running_ use samplers_[kind]; rows [first_row, ...).
+  struct Group {
+    SamplerKind kind;
+    size_t begin, end;
+    int64_t first_row, rows;
+  };
+  std::vector<Group> groups;
+  double forward_seconds = 0;
+};
+
+void JobHandle::Cancel() {
+  cancelled_.store(true);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (engine_ != nullptr) engine_->OnCancelled();
+}
 
 const std::vector<double>& EngineStats::StepSecondsBounds() {
   static const std::vector<double> bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -63,7 +104,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
     return absl::InvalidArgumentError("engine: no model");
   }
   if (options.max_batch < 1 || options.max_queue_images < 0 || options.max_images_per_request < 0 ||
-      options.max_steps < 0) {
+      options.max_steps < 0 || options.max_classifier_scale < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine: max_batch = ", options.max_batch, " must be >= 1 and the other limits >= 0"));
   }
@@ -78,9 +119,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
     if (bundle->has_classifier()) convert(*bundle->classifier);
   }
   std::unique_ptr<Engine> engine(new Engine(std::move(bundle), options));
+  const ModelBundle& m = *engine->bundle_;
+  auto ddpm = MakeDdpmSampler(m);
+  auto ddim = MakeDdimSampler(m);
+  if (!ddpm.ok()) return ddpm.status();
+  if (!ddim.ok()) return ddim.status();
+  engine->samplers_.push_back(std::move(*ddpm));
+  engine->samplers_.push_back(std::move(*ddim));
+  // DPM-Solver++ needs an eps- or x0-predicting model; others serve DDPM and DDIM only.
+  auto dpm = MakeDpmSolverSampler(m);
+  if (!dpm.ok() && dpm.status().code() != absl::StatusCode::kFailedPrecondition) {
+    return dpm.status();
+  }
+  engine->samplers_.push_back(dpm.ok() ? std::move(*dpm) : nullptr);
   // The model's own process must exist (its respacing was checked when the model loaded).
-  if (auto p = engine->Process(engine->bundle_->diffusion.timestep_respacing); !p.ok()) {
-    return p.status();
+  SampleJob probe;
+  probe.num_samples = 1;
+  if (auto run = engine->SamplerFor(SamplerKind::kDdpm)->Start(probe, 0); !run.ok()) {
+    return run.status();
   }
   engine->worker_ = std::thread([e = engine.get()] { e->Run(); });
   return engine;
@@ -97,25 +153,31 @@ int64_t Engine::max_images_per_request() const {
   return std::min(limit, options_.max_batch);
 }
 
-absl::StatusOr<std::shared_ptr<const GaussianDiffusion>> Engine::Process(
-    const std::string& respacing) const {
-  std::lock_guard<std::mutex> lock(process_mu_);
-  auto it = processes_.find(respacing);
-  if (it != processes_.end()) return it->second;
-  auto created = GaussianDiffusion::Create(bundle_->diffusion, respacing);
-  if (!created.ok()) {
-    return absl::Status(created.status().code(),
-                        absl::StrCat("timestep_respacing: ", created.status().message()));
+std::vector<SamplerKind> Engine::samplers() const {
+  std::vector<SamplerKind> kinds;
+  for (const auto& s : samplers_) {
+    if (s != nullptr) kinds.push_back(s->kind());
   }
-  auto process = std::make_shared<GaussianDiffusion>(std::move(*created));
-  process->To(device_);
-  // Bounded: a hostile caller could send many distinct respacings.
-  if (processes_.size() >= 64) processes_.erase(processes_.begin());
-  processes_[respacing] = process;
-  return std::shared_ptr<const GaussianDiffusion>(process);
+  return kinds;
 }
 
-absl::Status Engine::Validate(const SampleJob& job) const {
+const Sampler* Engine::SamplerFor(SamplerKind kind) const {
+  const size_t i = static_cast<size_t>(kind);
+  return i < samplers_.size() ? samplers_[i].get() : nullptr;
+}
+
+absl::StatusOr<std::unique_ptr<SamplerRun>> Engine::StartRun(const SampleJob& job) const {
+  const Sampler* sampler = SamplerFor(job.sampler);
+  if (sampler == nullptr) {
+    return Invalid(absl::StrCat("sampler ", ToString(job.sampler), " is not available for model \"",
+                                bundle_->name, "\" (it predicts neither eps nor x_0)"));
+  }
+  return sampler->Start(job, options_.max_steps);
+}
+
+absl::Status Engine::Validate(const SampleJob& job) const { return Check(job).status(); }
+
+absl::StatusOr<std::unique_ptr<SamplerRun>> Engine::Check(const SampleJob& job) const {
   const ModelBundle& m = *bundle_;
   const std::string model = absl::StrCat("model \"", m.name, "\"");
   const int64_t n = job.num_images();
@@ -150,6 +212,11 @@ absl::Status Engine::Validate(const SampleJob& job) const {
     return Invalid(absl::StrCat("classifier_scale = ", job.classifier_scale,
                                 " must be a finite number >= 0"));
   }
+  if (options_.max_classifier_scale > 0 && job.classifier_scale > options_.max_classifier_scale) {
+    return Invalid(absl::StrCat("classifier_scale = ", job.classifier_scale,
+                                " exceeds this server's max_classifier_scale = ",
+                                options_.max_classifier_scale));
+  }
   if (job.classifier_scale > 0) {
     if (!m.has_classifier()) {
       return Invalid(absl::StrCat("classifier_scale = ", job.classifier_scale, " needs a "
@@ -160,19 +227,18 @@ absl::Status Engine::Validate(const SampleJob& job) const {
                                   " guides towards labels; give one label per image"));
     }
   }
-  if (!std::isfinite(job.eta) || job.eta < 0 || job.eta > 1) {
-    return Invalid(absl::StrCat("eta = ", job.eta, " is outside [0, 1]"));
+  const double ratio = job.dynamic_thresholding_ratio;
+  if (!std::isfinite(ratio) || ratio < 0 || ratio > 1) {
+    return Invalid(absl::StrCat("dynamic_thresholding_ratio = ", ratio,
+                                " is outside (0, 1] (0 turns it off)"));
   }
-  if (job.eta != 0 && job.sampler != SamplerKind::kDdim) {
-    return Invalid(absl::StrCat("eta = ", job.eta, " applies to DDIM only; DDPM needs eta 0"));
+  if (ratio > 0 && !job.clip_denoised) {
+    return Invalid(absl::StrCat("dynamic_thresholding_ratio = ", ratio, " corrects x_0, but "
+                                "clip_denoised = false asks for no correction; drop one of them"));
   }
-  auto process = Process(job.timestep_respacing);
-  if (!process.ok()) return process.status();
-  const int64_t steps = (*process)->num_timesteps();
-  if (options_.max_steps > 0 && steps > options_.max_steps) {
-    return Invalid(absl::StrCat("timestep_respacing \"", job.timestep_respacing, "\" runs ", steps,
-                                " steps; this server allows at most ", options_.max_steps));
-  }
+  auto run = StartRun(job);
+  if (!run.ok()) return run.status();
+  const int64_t steps = (*run)->total_steps();
   const int64_t pixel_steps = n * m.image_size() * m.image_size() * steps;
   if (options_.max_pixel_steps > 0 && pixel_steps > options_.max_pixel_steps) {
     return Invalid(absl::StrCat(n, " images x ", m.image_size(), "x", m.image_size(), " pixels x ",
@@ -196,16 +262,17 @@ absl::Status Engine::Validate(const SampleJob& job) const {
   if (job.stream_every < 0) {
     return Invalid(absl::StrCat("stream.every = ", job.stream_every, " must be >= 0"));
   }
-  return absl::OkStatus();
+  return run;
 }
 
 absl::StatusOr<std::shared_ptr<JobHandle>> Engine::Submit(SampleJob job,
                                                          std::shared_ptr<JobObserver> observer) {
-  if (auto status = Validate(job); !status.ok()) return status;
+  auto run = Check(job);
+  if (!run.ok()) return run.status();
   auto request = std::make_shared<Request>();
   request->images = job.num_images();
-  request->process = *Process(job.timestep_respacing);
-  request->total_steps = request->process->num_timesteps();
+  request->run = std::move(*run);
+  request->total_steps = request->run->total_steps();
   request->observer = std::move(observer);
   request->handle = std::make_shared<JobHandle>();
   request->handle->total_steps_ = request->total_steps;
@@ -214,6 +281,7 @@ absl::StatusOr<std::shared_ptr<JobHandle>> Engine::Submit(SampleJob job,
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
+    ReapQueueLocked(request->submitted);
     if (queued_images_ + request->images > options_.max_queue_images) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the queue of model \"", bundle_->name, "\" is full: ", queued_images_, " images wait, ",
@@ -221,6 +289,7 @@ absl::StatusOr<std::shared_ptr<JobHandle>> Engine::Submit(SampleJob job,
           "; retry later"));
     }
     request->handle->queued_images_ahead_ = queued_images_;
+    request->handle->engine_ = this;
     queued_images_ += request->images;
     queue_.push_back(request);
     ++stats_.jobs_submitted;
@@ -243,20 +312,56 @@ void Engine::Shutdown(Clock::time_point deadline) {
   cv_.notify_all();
 }
 
-void Engine::ReleaseLocked(Request& request) {
-  // Slots are given back before the observer hears of the end, so that anyone who waits for
-  // OnDone sees consistent statistics.
-  if (request.active) stats_.active_slots -= request.images;
-  request.active = false;
-  request.finished = true;
-}
-
 EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
 }
 
+// ---- Queue bookkeeping -------------------------------------------------------------------------
+
+void Engine::ReapQueueLocked(Clock::time_point now) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    const auto& r = *it;
+    if (r->handle->cancelled() || r->expired(now)) {
+      queued_images_ -= r->images;
+      departed_.push_back(r);
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  stats_.queued_images = queued_images_;
+}
+
+void Engine::OnCancelled() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ReapQueueLocked(Clock::now());
+  }
+  cv_.notify_one();
+}
+
+absl::Status Engine::DepartureStatus(const Request& r) const {
+  // A deadline that has passed is what ended the request, even when the caller's transport
+  // noticed first and cancelled it.
+  const std::string where = r.active ? absl::StrCat("after ", r.step, " of ", r.total_steps, " steps")
+                                     : "while queued";
+  if (r.expired(Clock::now())) {
+    return absl::DeadlineExceededError(absl::StrCat("deadline exceeded ", where));
+  }
+  return absl::CancelledError(absl::StrCat("cancelled ", where));
+}
+
+void Engine::ReleaseLocked(Request& request) {
+  // Slots are given back before the observer hears of the end, so that anyone who waits for
+  // OnFinished sees consistent statistics.
+  if (request.active) stats_.active_slots -= request.images;
+  request.active = false;
+  request.finished = true;
+}
+
 void Engine::FailRequest(const std::shared_ptr<Request>& request, const absl::Status& status) {
+  if (request->finished) return;  // told once only
   {
     std::lock_guard<std::mutex> lock(mu_);
     ReleaseLocked(*request);
@@ -267,267 +372,329 @@ void Engine::FailRequest(const std::shared_ptr<Request>& request, const absl::St
       ++stats_.jobs_failed;
     }
   }
-  request->observer->OnDone(status);
+  {
+    std::lock_guard<std::mutex> lock(request->handle->mu_);
+    request->handle->engine_ = nullptr;
+  }
+  request->observer->OnFinished(status);
+}
+
+// ---- The worker --------------------------------------------------------------------------------
+
+void Engine::WaitForWork(std::unique_lock<std::mutex>& lock) {
+  auto ready = [&] {
+    return stopping_ || !departed_.empty() || !running_.empty() || !queue_.empty();
+  };
+  while (!ready()) {
+    // Wake for the earliest deadline of a queued job, so that it leaves the queue on time.
+    std::optional<Clock::time_point> wake;
+    for (const auto& r : queue_) {
+      if (r->job.deadline.has_value() && (!wake || *r->job.deadline < *wake)) wake = r->job.deadline;
+    }
+    if (wake) {
+      cv_.wait_until(lock, *wake);
+    } else {
+      cv_.wait(lock);
+    }
+    ReapQueueLocked(Clock::now());
+  }
+}
+
+bool Engine::ShutdownIfDone(std::unique_lock<std::mutex>& lock) {
+  if (!stopping_) return false;
+  const bool past_deadline = Clock::now() >= stop_deadline_;
+  if (!past_deadline && !(queue_.empty() && running_.empty())) return false;
+  std::vector<std::shared_ptr<Request>> left(queue_.begin(), queue_.end());
+  queue_.clear();
+  queued_images_ = 0;
+  stats_.queued_images = 0;
+  std::vector<std::shared_ptr<Request>> departed;
+  departed.swap(departed_);
+  lock.unlock();
+  for (auto& r : departed) FailRequest(r, DepartureStatus(*r));
+  left.insert(left.end(), running_.begin(), running_.end());
+  running_.clear();
+  for (auto& r : left) FailRequest(r, absl::UnavailableError("the server is shutting down"));
+  return true;
 }
 
 void Engine::Run() {
   torch::NoGradGuard no_grad;
   while (true) {
+    std::vector<std::shared_ptr<Request>> departed, admitted;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !running_.empty(); });
-      const bool past_deadline = stopping_ && Clock::now() >= stop_deadline_;
-      if (stopping_ && (past_deadline || (queue_.empty() && running_.empty()))) {
-        std::vector<std::shared_ptr<Request>> left(queue_.begin(), queue_.end());
-        queue_.clear();
-        queued_images_ = 0;
-        stats_.queued_images = 0;
-        lock.unlock();
-        left.insert(left.end(), running_.begin(), running_.end());
-        running_.clear();
-        for (auto& r : left) FailRequest(r, absl::UnavailableError("the server is shutting down"));
-        return;
-      }
-      Admit(lock);
+      WaitForWork(lock);
+      if (ShutdownIfDone(lock)) return;
+      ReapQueueLocked(Clock::now());
+      departed.swap(departed_);
+      admitted = AdmitLocked();
     }
+    for (auto& r : departed) FailRequest(r, DepartureStatus(*r));
+    Begin(admitted);
     if (running_.empty()) continue;
     try {
       Iterate();
-    } catch (const c10::Error& e) {
-      // A failure of the batch (out of memory, a kernel error) fails the requests in it; the
-      // engine and the queue carry on.
-      const absl::Status status = absl::InternalError(
-          absl::StrCat("sampling failed: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      // A failure of the batch (out of memory, a kernel error) fails the requests it still
+      // held; those that finished in this iteration have had their answer. The engine and the
+      // queue carry on.
+      const absl::Status status = absl::InternalError(absl::StrCat("sampling failed: ", WhatOf(e)));
       for (auto& r : running_) FailRequest(r, status);
     }
     RetireFinished();
   }
 }
 
-void Engine::Admit(std::unique_lock<std::mutex>& lock) {
+std::vector<std::shared_ptr<Engine::Request>> Engine::AdmitLocked() {
   int64_t active = 0;
   for (const auto& r : running_) active += r->images;
-  std::vector<std::shared_ptr<Request>> admitted, cancelled;
-  while (!queue_.empty()) {
-    const auto& next = queue_.front();
-    if (next->handle->cancelled()) {
-      cancelled.push_back(next);
-    } else if (active + next->images > options_.max_batch) {
-      break;  // first come, first served: later requests wait behind the head
-    } else {
-      active += next->images;
-      next->active = true;
-      admitted.push_back(next);
-    }
-    queued_images_ -= next->images;
+  std::vector<std::shared_ptr<Request>> admitted;
+  // First come, first served: later requests wait behind a head that does not fit. (The queue
+  // holds only live requests: ReapQueueLocked ran just before.)
+  while (!queue_.empty() && active + queue_.front()->images <= options_.max_batch) {
+    const auto next = queue_.front();
     queue_.pop_front();
+    active += next->images;
+    next->active = true;
+    queued_images_ -= next->images;
+    admitted.push_back(next);
   }
   stats_.queued_images = queued_images_;
   stats_.active_slots = active;
-  lock.unlock();
-  for (auto& r : cancelled) FailRequest(r, absl::CancelledError("cancelled while queued"));
+  return admitted;
+}
+
+void Engine::Begin(const std::vector<std::shared_ptr<Request>>& admitted) {
   const Clock::time_point now = Clock::now();
-  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   const std::vector<int64_t> image_shape = {bundle_->channels(), bundle_->image_size(),
                                             bundle_->image_size()};
-  for (auto& r : admitted) {
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  for (const auto& r : admitted) {
     try {
       r->admitted = now;
-      std::vector<torch::Tensor> x_T;
       for (int64_t i = 0; i < r->images; ++i) {
-        r->streams.push_back(MakeGenerator(DeriveSeed(r->job.seed, static_cast<uint64_t>(i)),
-                                           device_));
-        if (!r->job.noise.has_value()) x_T.push_back(torch::randn(image_shape, r->streams.back(), options));
+        r->noise_keys.push_back(NoiseKey(r->job.seed, r->job.first_image_index + static_cast<uint64_t>(i)));
       }
-      r->x = r->job.noise.has_value() ? r->job.noise->to(options).contiguous()
-                                      : torch::stack(x_T);
-      r->labels = r->job.labels.empty()
-                      ? torch::zeros({r->images}, torch::TensorOptions().dtype(torch::kInt64).device(device_))
-                      : torch::tensor(r->job.labels, torch::kInt64).to(device_);
+      if (r->job.noise.has_value()) {
+        r->x = r->job.noise->to(device_, torch::kFloat32).contiguous();
+      } else {
+        // x_T is counter 0 of each image's stream; step k draws counter k + 1.
+        const torch::Tensor keys = torch::tensor(r->noise_keys, i64).to(device_);
+        r->x = CounterNormal(keys, torch::zeros_like(keys), image_shape);
+      }
       r->observer->OnAdmitted(r->total_steps);
-      running_.push_back(r);
-    } catch (const c10::Error& e) {
-      FailRequest(r, absl::InternalError(absl::StrCat("admission failed: ",
-                                                      e.what_without_backtrace())));
+      // Requests stay grouped by sampler: each sampler's rows are one contiguous range.
+      auto at = std::upper_bound(running_.begin(), running_.end(), r,
+                                 [](const auto& a, const auto& b) { return a->job.sampler < b->job.sampler; });
+      running_.insert(at, r);
+    } catch (const std::exception& e) {
+      FailRequest(r, absl::InternalError(absl::StrCat("admission failed: ", WhatOf(e))));
     }
   }
-  lock.lock();
+}
+
+void Engine::DropDeparted(Clock::time_point now) {
+  for (auto& r : running_) {
+    if (r->handle->cancelled() || r->expired(now)) FailRequest(r, DepartureStatus(*r));
+  }
+  RetireFinished();
 }
 
 void Engine::Iterate() {
+  RECORD_FUNCTION("gd::engine::iteration", std::vector<c10::IValue>());
   const Clock::time_point started = Clock::now();
-  // Leave out what was cancelled or ran out of time since the last iteration.
-  for (auto& r : running_) {
-    if (r->handle->cancelled()) {
-      FailRequest(r, absl::CancelledError("cancelled"));
-    } else if (r->job.deadline.has_value() && started >= *r->job.deadline) {
-      FailRequest(r, absl::DeadlineExceededError(absl::StrCat(
-                         "deadline exceeded after ", r->step, " of ", r->total_steps, " steps")));
-    }
-  }
-  RetireFinished();
+  DropDeparted(started);
   if (running_.empty()) return;
+  Batch batch = Gather();
+  RunNetworks(batch);
+  const std::vector<SamplerStep> steps = UpdateRows(batch);
+  Count(batch, Seconds(started, Clock::now()));
+  Report(batch, steps);
+  ++iteration_;
+}
 
-  // Gather the batch: rows of each request, its timestep's coefficients and its options.
-  std::vector<torch::Tensor> xs, coefs, model_ts, labels, noise;
-  std::vector<float> clip, guided, ddim, eta, scale;
-  bool any_ddpm = false, any_ddim = false, any_guided = false, all_clip = true, no_clip = true;
-  for (const auto& r : running_) {
-    const int64_t n = r->images;
-    const int64_t t = r->total_steps - 1 - r->step;  // respaced index
-    const torch::Tensor t1 = torch::full({1}, t, torch::TensorOptions().dtype(torch::kInt64).device(device_));
-    xs.push_back(r->x);
-    coefs.push_back(r->process->Gather(t1).table.expand({n, -1}));
-    model_ts.push_back(r->process->ModelTimesteps(t1).expand({n}));
-    labels.push_back(r->labels);
-    for (int64_t i = 0; i < n; ++i) noise.push_back(torch::randn(r->x.sizes().slice(1), r->streams[i], r->x.options()));
-    const bool is_ddim = r->job.sampler == SamplerKind::kDdim;
-    const bool is_guided = r->job.classifier_scale > 0;
-    any_ddim |= is_ddim;
-    any_ddpm |= !is_ddim;
-    any_guided |= is_guided;
-    all_clip &= r->job.clip_denoised;
-    no_clip &= !r->job.clip_denoised;
-    clip.insert(clip.end(), n, r->job.clip_denoised ? 1.f : 0.f);
-    guided.insert(guided.end(), n, is_guided ? 1.f : 0.f);
-    ddim.insert(ddim.end(), n, is_ddim ? 1.f : 0.f);
-    eta.insert(eta.end(), n, static_cast<float>(r->job.eta));
-    scale.insert(scale.end(), n, static_cast<float>(r->job.classifier_scale));
+// Gather: the rows of every request and their per-row constants, each kind in one host table
+// copied to the device at once.
+Engine::Batch Engine::Gather() const {
+  Batch b;
+  std::vector<torch::Tensor> xs;
+  std::vector<float> floats;     // per row: network timestep, classifier scale
+  std::vector<int64_t> ints;     // per row: label, noise key, noise counter
+  for (size_t i = 0; i < running_.size(); ++i) {
+    const Request& r = *running_[i];
+    if (b.groups.empty() || b.groups.back().kind != r.job.sampler) {
+      b.groups.push_back({r.job.sampler, i, i, b.rows, 0});
+    }
+    b.groups.back().end = i + 1;
+    b.groups.back().rows += r.images;
+    xs.push_back(r.x);
+    b.needs_noise |= r.run->uses_noise();
+    const double ratio = r.job.dynamic_thresholding_ratio;
+    const auto mode = ratio > 0 ? X0Correction::Mode::kDynamic
+                                : (r.job.clip_denoised ? X0Correction::Mode::kClip
+                                                       : X0Correction::Mode::kNone);
+    for (int64_t k = 0; k < r.images; ++k) {
+      const int64_t label = r.job.labels.empty() ? 0 : r.job.labels[static_cast<size_t>(k)];
+      floats.insert(floats.end(), {static_cast<float>(r.run->network_timestep(r.step)),
+                                   static_cast<float>(r.job.classifier_scale)});
+      ints.insert(ints.end(), {label, r.noise_keys[static_cast<size_t>(k)], r.step + 1});
+      if (r.job.classifier_scale > 0) b.guided_rows.push_back(b.rows + k);
+      b.x0_modes.push_back(mode);
+      b.x0_ratios.push_back(static_cast<float>(ratio));
+    }
+    b.rows += r.images;
   }
-  const int64_t batch = static_cast<int64_t>(clip.size());
-  auto column = [&](const std::vector<float>& v) {
-    return torch::tensor(v, torch::kFloat32).to(device_).view({batch, 1, 1, 1});
-  };
-  const torch::Tensor x = options_.channels_last
-                              ? torch::cat(xs).contiguous(torch::MemoryFormat::ChannelsLast)
-                              : torch::cat(xs);
-  const StepCoefficients c{torch::cat(coefs)};
-  const torch::Tensor model_t = torch::cat(model_ts);
-  const torch::Tensor y = torch::cat(labels);
-  const torch::Tensor z = torch::stack(noise);
+  const torch::Tensor f = torch::from_blob(floats.data(), {b.rows, 2}, torch::kFloat32)
+                              .to(device_, /*non_blocking=*/false, /*copy=*/true);
+  const torch::Tensor n = torch::from_blob(ints.data(), {b.rows, 3}, torch::kInt64)
+                              .to(device_, /*non_blocking=*/false, /*copy=*/true);
+  b.model_t = f.select(1, 0);
+  b.scale = f.select(1, 1);
+  b.labels = n.select(1, 0);
+  b.x = torch::cat(xs);
+  if (options_.channels_last) b.x = b.x.contiguous(torch::MemoryFormat::ChannelsLast);
+  if (b.needs_noise) b.noise = CounterNormal(n.select(1, 1), n.select(1, 2), b.x.sizes().slice(1));
+  return b;
+}
 
-  const Clock::time_point forward_start = Clock::now();
-  const torch::Tensor output =
-      bundle_->unet->forward(x, model_t, bundle_->class_conditional() ? y : torch::Tensor());
-  const double forward_seconds = Seconds(forward_start, Clock::now());
+// Networks: one UNet forward for every row; one classifier forward+backward for the guided rows.
+void Engine::RunNetworks(Batch& b) const {
+  RECORD_FUNCTION("gd::engine::networks", std::vector<c10::IValue>());
+  const Clock::time_point start = Clock::now();
+  b.output = bundle_->unet->forward(b.x, b.model_t,
+                                    bundle_->class_conditional() ? b.labels : torch::Tensor());
+  if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
+  b.forward_seconds = Seconds(start, Clock::now());
+  if (b.guided_rows.empty()) return;
+  if (static_cast<int64_t>(b.guided_rows.size()) == b.rows) {
+    b.grad = ClassifierGradient(bundle_->classifier, b.x, b.model_t, b.labels, b.scale);
+    b.guided = torch::ones({b.rows, 1, 1, 1}, torch::TensorOptions().dtype(torch::kBool).device(device_));
+    return;
+  }
+  const torch::Tensor index = torch::tensor(b.guided_rows, torch::kInt64).to(device_);
+  const torch::Tensor g =
+      ClassifierGradient(bundle_->classifier, b.x.index_select(0, index),
+                         b.model_t.index_select(0, index), b.labels.index_select(0, index),
+                         b.scale.index_select(0, index));
+  b.grad = torch::zeros_like(b.x).index_copy(0, index, g);
+  b.guided = (b.scale > 0).view({b.rows, 1, 1, 1});
+}
 
-  MeanVarOptions mv_options;
-  mv_options.clip_denoised = all_clip;
-  if (!all_clip && !no_clip) {
-    const torch::Tensor clip_rows = column(clip).to(torch::kBool);
-    mv_options.clip_denoised = false;
-    mv_options.denoised_fn = [clip_rows](const torch::Tensor& x0) {
-      return torch::where(clip_rows, x0.clamp(-1, 1), x0);
+// Update: each sampler's batched step over its rows.
+std::vector<SamplerStep> Engine::UpdateRows(const Batch& b) const {
+  std::vector<SamplerStep> steps;
+  for (const auto& g : b.groups) {
+    SamplerRows rows;
+    for (size_t i = g.begin; i < g.end; ++i) {
+      rows.runs.push_back(running_[i]->run.get());
+      rows.images.push_back(running_[i]->images);
+      rows.steps.push_back(running_[i]->step);
+    }
+    const auto slice = [&](const torch::Tensor& t) {
+      return t.defined() ? t.narrow(0, g.first_row, g.rows) : t;
     };
+    rows.x = slice(b.x);
+    rows.model_output = slice(b.output);
+    rows.grad = slice(b.grad);
+    rows.guided = slice(b.guided);
+    rows.noise = slice(b.noise);
+    const auto first = b.x0_modes.begin() + g.first_row;
+    rows.correct_x0 = X0Correction::PerRow(
+        std::vector<X0Correction::Mode>(first, first + g.rows),
+        std::vector<float>(b.x0_ratios.begin() + g.first_row, b.x0_ratios.begin() + g.first_row + g.rows),
+        device_);
+    steps.push_back(SamplerFor(g.kind)->Step(rows));
   }
-  const auto& types = bundle_->diffusion;
-  MeanVar pmv = PMeanVarianceFromOutput(types.mean_type(), types.var_type(), c, output, x, mv_options);
+  return steps;
+}
 
-  // Classifier guidance: one forward+backward over the guided rows only.
-  torch::Tensor grad;
-  int64_t guided_rows = 0;
-  if (any_guided) {
-    std::vector<int64_t> rows;
-    for (int64_t i = 0; i < batch; ++i) {
-      if (guided[i] > 0) rows.push_back(i);
-    }
-    guided_rows = static_cast<int64_t>(rows.size());
-    const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(device_);
-    const torch::Tensor g = ClassifierGradient(
-        bundle_->classifier, x.index_select(0, index), model_t.index_select(0, index),
-        y.index_select(0, index), torch::tensor(scale, torch::kFloat32).to(device_).index_select(0, index));
-    grad = torch::zeros_like(x).index_copy(0, index, g);
+// Counted before any observer hears of this iteration, so its statistics are consistent.
+void Engine::Count(const Batch& b, double step_seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.iterations;
+  stats_.slot_steps += b.rows;
+  stats_.guided_slot_steps += static_cast<int64_t>(b.guided_rows.size());
+  stats_.classifier_calls += b.guided_rows.empty() ? 0 : 1;
+  stats_.max_batch_seen = std::max(stats_.max_batch_seen, b.rows);
+  stats_.max_requests_in_batch =
+      std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));
+  if (b.rows < static_cast<int64_t>(stats_.batch_size_counts.size())) {
+    ++stats_.batch_size_counts[static_cast<size_t>(b.rows)];
   }
+  stats_.forward_seconds += b.forward_seconds;
+  stats_.step_seconds += step_seconds;
+  const auto& bounds = EngineStats::StepSecondsBounds();
+  const size_t bucket = static_cast<size_t>(
+      std::lower_bound(bounds.begin(), bounds.end(), step_seconds) - bounds.begin());
+  ++stats_.step_seconds_buckets[bucket];
+}
 
-  torch::Tensor sample, pred_xstart = pmv.pred_xstart;
-  if (any_ddpm) {
-    // Algorithm 1: the mean moves by variance * gradient (zero gradient rows stay exact).
-    const torch::Tensor mean = grad.defined() ? ConditionMean(pmv, grad) : pmv.mean;
-    sample = DdpmStep(c, mean, pmv.log_variance, z);
-  }
-  if (any_ddim) {
-    // Algorithm 2: the score moves, then x_0 is re-derived; unguided rows keep theirs exactly.
-    torch::Tensor ddim_x0 = pmv.pred_xstart;
-    if (grad.defined()) {
-      ddim_x0 = torch::where(column(guided).to(torch::kBool),
-                             ConditionScore(c, pmv, x, grad).pred_xstart, pmv.pred_xstart);
-    }
-    const torch::Tensor ddim_sample = DdimStep(c, x, ddim_x0, column(eta), z);
-    if (any_ddpm) {
-      const torch::Tensor ddim_rows = column(ddim).to(torch::kBool);
-      sample = torch::where(ddim_rows, ddim_sample, sample);
-      pred_xstart = torch::where(ddim_rows, ddim_x0, pred_xstart);
-    } else {
-      sample = ddim_sample;
-      pred_xstart = ddim_x0;
-    }
-  }
-
-  // Counted before any observer hears of this iteration, so its statistics are consistent.
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.iterations;
-    stats_.slot_steps += batch;
-    stats_.guided_slot_steps += guided_rows;
-    stats_.classifier_calls += guided_rows > 0 ? 1 : 0;
-    stats_.max_batch_seen = std::max(stats_.max_batch_seen, batch);
-    stats_.max_requests_in_batch =
-        std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));
-    if (batch < static_cast<int64_t>(stats_.batch_size_counts.size())) {
-      ++stats_.batch_size_counts[static_cast<size_t>(batch)];
-    }
-    stats_.forward_seconds += forward_seconds;
-    const double step_seconds = Seconds(started, Clock::now());
-    stats_.step_seconds += step_seconds;
-    const auto& bounds = EngineStats::StepSecondsBounds();
-    const size_t bucket = static_cast<size_t>(
-        std::lower_bound(bounds.begin(), bounds.end(), step_seconds) - bounds.begin());
-    ++stats_.step_seconds_buckets[bucket];
-  }
-
-  // Scatter back, stream what was asked, finish what reached x_0.
-  int64_t offset = 0;
+// Report: scatter each request's rows back, stream what was asked, fail requests whose rows went
+// non-finite, finish what reached x_0.
+void Engine::Report(const Batch& b, const std::vector<SamplerStep>& steps) {
+  // One flag per row, fetched at once: whether every value of the row's new x is finite.
+  std::vector<torch::Tensor> finite_parts;
+  for (const auto& s : steps) finite_parts.push_back(torch::isfinite(s.x_next).flatten(1).all(1));
+  const torch::Tensor finite = torch::cat(finite_parts).to(torch::kCPU);
+  const bool* row_finite = finite.data_ptr<bool>();
   const Clock::time_point now = Clock::now();
-  for (auto& r : running_) {
-    const int64_t n = r->images;
-    r->x = sample.narrow(0, offset, n);
-    const torch::Tensor r_pred = pred_xstart.narrow(0, offset, n);
-    offset += n;
-    const int64_t step = r->step++;
-    const bool last = r->step == r->total_steps;
-    const int64_t every = r->job.stream_every;
-    if (every > 0 && (step % every == 0 || last)) {
-      StepUpdate update;
-      update.step = step;
-      update.total_steps = r->total_steps;
-      update.timestep = r->process->timestep_map()[r->total_steps - 1 - step];
-      if (r->job.stream_x_t) update.x_t = r->x.to(torch::kCPU, torch::kFloat32);
-      if (r->job.stream_pred_xstart) update.pred_xstart = r_pred.to(torch::kCPU, torch::kFloat32);
-      update.elapsed_seconds = Seconds(r->admitted, now);
-      r->observer->OnStep(update);
-    }
-    if (last) {
-      JobResult result;
-      result.samples = r->x.to(torch::kCPU, torch::kFloat32).contiguous();
-      if (!torch::isfinite(result.samples).all().item<bool>()) {
-        FailRequest(r, absl::InternalError("sampling produced NaN or infinite values"));
+  for (size_t gi = 0; gi < b.groups.size(); ++gi) {
+    const auto& g = b.groups[gi];
+    int64_t offset = 0;
+    for (size_t i = g.begin; i < g.end; ++i) {
+      const auto& r = running_[i];
+      const int64_t n = r->images;
+      const int64_t row = g.first_row + offset;
+      r->x = steps[gi].x_next.narrow(0, offset, n);
+      const torch::Tensor pred = steps[gi].pred_xstart.narrow(0, offset, n);
+      offset += n;
+      const int64_t step = r->step++;
+      if (!std::all_of(row_finite + row, row_finite + row + n, [](bool f) { return f; })) {
+        FailRequest(r, absl::InternalError(absl::StrCat(
+                           "sampling produced NaN or infinite values at step ", step, " of ",
+                           r->total_steps)));
         continue;
       }
-      result.labels = r->job.labels.empty() ? std::vector<int64_t>(static_cast<size_t>(n), 0)
-                                            : r->job.labels;
-      result.steps = r->total_steps;
-      result.queue_seconds = Seconds(r->submitted, r->admitted);
-      result.sampling_seconds = Seconds(r->admitted, now);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ReleaseLocked(*r);
-        ++stats_.jobs_completed;
-        stats_.images_completed += n;
+      const bool last = r->step == r->total_steps;
+      const int64_t every = r->job.stream_every;
+      if (every > 0 && (step % every == 0 || last)) {
+        StepUpdate update;
+        update.step = step;
+        update.total_steps = r->total_steps;
+        update.timestep = r->run->model_timestep(step);
+        if (r->job.stream_x_t) update.x_t = r->x.to(torch::kCPU, torch::kFloat32);
+        if (r->job.stream_pred_xstart) update.pred_xstart = pred.to(torch::kCPU, torch::kFloat32);
+        update.elapsed_seconds = Seconds(r->admitted, now);
+        r->observer->OnStep(update);
       }
-      r->observer->OnDone(std::move(result));
+      if (last) Complete(r, Seconds(r->admitted, now));
     }
   }
+}
 
+void Engine::Complete(const std::shared_ptr<Request>& r, double sampling_seconds) {
+  RECORD_FUNCTION("gd::engine::complete", std::vector<c10::IValue>());
+  JobResult result;
+  // The promise of the wire: final samples lie in [-1, 1] (the x_0 corrections keep them within
+  // float rounding of it; unclipped runs can leave it further).
+  result.samples = r->x.to(torch::kCPU, torch::kFloat32).clamp(-1, 1).contiguous();
+  result.labels = r->job.labels.empty() ? std::vector<int64_t>(static_cast<size_t>(r->images), 0)
+                                        : r->job.labels;
+  result.steps = r->total_steps;
+  result.queue_seconds = Seconds(r->submitted, r->admitted);
+  result.sampling_seconds = sampling_seconds;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ReleaseLocked(*r);
+    ++stats_.jobs_completed;
+    stats_.images_completed += r->images;
+  }
+  {
+    std::lock_guard<std::mutex> lock(r->handle->mu_);
+    r->handle->engine_ = nullptr;
+  }
+  r->observer->OnFinished(std::move(result));
 }
 
 void Engine::RetireFinished() {

@@ -2,8 +2,10 @@
 // runs a continuous batch of "slots" (one slot = one image being denoised). Every iteration it
 // gathers the active slots — whatever request, sampler, respacing, step, eta or guidance scale
 // they have — runs ONE UNet forward for all of them, one classifier forward+backward for the
-// guided ones, and the per-slot DDPM/DDIM update through the shared diffusion formulas; then it
-// reports steps, retires finished slots and admits queued requests.
+// guided ones, and each sampler's batched update over its rows (sampler.h: DDPM, DDIM,
+// DPM-Solver++); then it reports steps, retires finished slots and admits queued requests.
+// Work outside the networks is a fixed number of tensor operations per iteration, whatever the
+// batch: per-row constants travel as one table, noise is drawn for the whole batch at once.
 //
 // Callers (the gRPC server, tests, gd-bench, gd-train previews) only submit native SampleJobs
 // and receive events on a JobObserver; they never touch the networks. No gRPC here.
@@ -14,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,51 +29,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "core/diffusion/gaussian_diffusion.h"
-#include "core/diffusion/sampling.h"
+#include "core/engine/sample_job.h"
+#include "core/engine/sampler.h"
 #include "core/nn/model_bundle.h"
 
 namespace gd {
-
-// What a caller asks for, already decoded from the wire.
-struct SampleJob {
-  std::string request_id;
-  std::vector<int64_t> labels;   // one per image, or empty (then num_samples images)
-  int64_t num_samples = 0;
-  double classifier_scale = 0.0;  // 0 = no guidance
-  SamplerKind sampler = SamplerKind::kDdpm;
-  double eta = 0.0;               // DDIM only
-  std::string timestep_respacing;  // "" = the model's own process
-  uint64_t seed = 0;
-  bool clip_denoised = true;
-  std::optional<torch::Tensor> noise;  // x_T [N x C x H x W], any float dtype, any device
-  // Step events: every `stream_every` steps (and the last); 0 = no step events.
-  int64_t stream_every = 0;
-  bool stream_x_t = false;
-  bool stream_pred_xstart = false;
-  std::optional<std::chrono::steady_clock::time_point> deadline;
-
-  int64_t num_images() const {
-    return labels.empty() ? num_samples : static_cast<int64_t>(labels.size());
-  }
-};
-
-struct StepUpdate {
-  int64_t step = 0;         // 0 for the first denoising step
-  int64_t total_steps = 0;
-  int64_t timestep = 0;     // the model's (original-scale) timestep of this step
-  torch::Tensor x_t;        // float32 [N x C x H x W] on CPU, when asked
-  torch::Tensor pred_xstart;
-  double elapsed_seconds = 0;  // since admission
-};
-
-struct JobResult {
-  torch::Tensor samples;  // float32 [N x C x H x W] on CPU, in [-1, 1] when clipped
-  std::vector<int64_t> labels;
-  int64_t steps = 0;
-  double queue_seconds = 0;
-  double sampling_seconds = 0;
-};
 
 // Receives a job's events, on the engine thread: implementations must return quickly and never
 // block (hand the work to another thread).
@@ -80,14 +43,17 @@ class JobObserver {
   virtual void OnAdmitted(int64_t total_steps) {}
   virtual void OnStep(const StepUpdate& update) {}
   // Exactly once: the images, or why there are none (CANCELLED, DEADLINE_EXCEEDED, INTERNAL,
-  // UNAVAILABLE when the engine shuts down).
-  virtual void OnDone(absl::StatusOr<JobResult> result) = 0;
+  // UNAVAILABLE when the engine shuts down). (Not OnDone: gRPC's reactors, which implement this
+  // interface too, have their own OnDone.)
+  virtual void OnFinished(absl::StatusOr<JobResult> result) = 0;
 };
 
-// Lets the submitter cancel; the job's slots leave the batch at the next iteration.
+// Lets the submitter cancel, from any thread and at any time: a queued job leaves the queue (and
+// its count) at once, a running one leaves the batch at the next iteration; either way the
+// observer then hears CANCELLED (DEADLINE_EXCEEDED when the job's deadline has passed).
 class JobHandle {
  public:
-  void Cancel() { cancelled_.store(true); }
+  void Cancel();
   bool cancelled() const { return cancelled_.load(); }
   int64_t queued_images_ahead() const { return queued_images_ahead_; }
   int64_t total_steps() const { return total_steps_; }
@@ -97,17 +63,25 @@ class JobHandle {
   std::atomic<bool> cancelled_{false};
   int64_t queued_images_ahead_ = 0;
   int64_t total_steps_ = 0;
+  std::mutex mu_;
+  class Engine* engine_ = nullptr;  // guarded by mu_; cleared when the job ends
 };
 
 struct EngineOptions {
   int64_t max_batch = 32;          // slots per UNet forward
   int64_t max_queue_images = 256;  // images waiting for a slot; beyond: RESOURCE_EXHAUSTED
   int64_t max_images_per_request = 0;  // 0: max_batch (a request's images run together)
-  int64_t max_steps = 0;               // respaced steps per request (0: no limit)
+  int64_t max_steps = 0;               // steps per request after respacing (0: no limit)
+  // Largest classifier_scale accepted (0: no limit). Scales far beyond what guidance uses make
+  // the update overflow; they are refused up front rather than failing after the work.
+  double max_classifier_scale = 0;
   // images x height x width x steps per request, the request's cost (0: no limit).
   int64_t max_pixel_steps = 0;
   // Run the networks on channels-last (NHWC) tensors; see docs/benchmarks.md for when it pays.
   bool channels_last = false;
+  // Fault injection for tests: sees each iteration's UNet output (and the iteration's number,
+  // from 0) before it is used, and may replace it or throw.
+  std::function<torch::Tensor(int64_t iteration, torch::Tensor output)> unet_output_hook;
 };
 
 // Counters since start, for metrics, benchmarks and tests.
@@ -121,7 +95,7 @@ struct EngineStats {
   int64_t jobs_submitted = 0;
   int64_t jobs_completed = 0;
   int64_t jobs_failed = 0;
-  int64_t jobs_cancelled = 0;
+  int64_t jobs_cancelled = 0;          // cancelled or past their deadline
   int64_t images_completed = 0;
   int64_t queued_images = 0;  // now
   int64_t active_slots = 0;   // now
@@ -159,39 +133,62 @@ class Engine {
   const ModelBundle& bundle() const { return *bundle_; }
   const EngineOptions& options() const { return options_; }
   int64_t max_images_per_request() const;
+  // The samplers this model can run (DPM-Solver++ needs an eps- or x_0-predicting model).
+  std::vector<SamplerKind> samplers() const;
 
  private:
+  friend class JobHandle;
   struct Request;
-  struct Slot;
+  struct Batch;
 
   Engine(std::shared_ptr<ModelBundle> bundle, const EngineOptions& options);
+  const Sampler* SamplerFor(SamplerKind kind) const;
+  absl::StatusOr<std::unique_ptr<SamplerRun>> StartRun(const SampleJob& job) const;
+  // Validate's checks; on success, the job's sampler run.
+  absl::StatusOr<std::unique_ptr<SamplerRun>> Check(const SampleJob& job) const;
+
+  // The worker's loop and its parts.
   void Run();
-  void Admit(std::unique_lock<std::mutex>& lock);
+  void WaitForWork(std::unique_lock<std::mutex>& lock);
+  bool ShutdownIfDone(std::unique_lock<std::mutex>& lock);
+  std::vector<std::shared_ptr<Request>> AdmitLocked();
+  void Begin(const std::vector<std::shared_ptr<Request>>& admitted);
   void Iterate();
+  void DropDeparted(std::chrono::steady_clock::time_point now);
+  Batch Gather() const;
+  void RunNetworks(Batch& batch) const;
+  std::vector<SamplerStep> UpdateRows(const Batch& batch) const;
+  void Report(const Batch& batch, const std::vector<SamplerStep>& steps);
+  void Count(const Batch& batch, double step_seconds);
+  void Complete(const std::shared_ptr<Request>& request, double sampling_seconds);
   void RetireFinished();
+
+  // Queue bookkeeping (mu_ held): moves cancelled and expired jobs out of the queue into
+  // departed_, so that they stop counting at once; the worker tells their observers.
+  void ReapQueueLocked(std::chrono::steady_clock::time_point now);
+  void OnCancelled();  // from JobHandle::Cancel, any thread
   void FailRequest(const std::shared_ptr<Request>& request, const absl::Status& status);
   void ReleaseLocked(Request& request);  // mu_ held
-  absl::StatusOr<std::shared_ptr<const GaussianDiffusion>> Process(
-      const std::string& respacing) const;
+  absl::Status DepartureStatus(const Request& request) const;
 
   std::shared_ptr<ModelBundle> bundle_;
   EngineOptions options_;
   torch::Device device_;
+  // By SamplerKind; null where the model cannot use the sampler.
+  std::vector<std::unique_ptr<Sampler>> samplers_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::shared_ptr<Request>> queue_;  // guarded by mu_
-  int64_t queued_images_ = 0;                   // guarded by mu_
-  bool stopping_ = false;                       // guarded by mu_
+  std::deque<std::shared_ptr<Request>> queue_;     // guarded by mu_
+  std::vector<std::shared_ptr<Request>> departed_;  // guarded by mu_: left the queue, not told yet
+  int64_t queued_images_ = 0;                      // guarded by mu_
+  bool stopping_ = false;                          // guarded by mu_
   std::chrono::steady_clock::time_point stop_deadline_;
-  EngineStats stats_;                           // guarded by mu_
+  EngineStats stats_;                              // guarded by mu_
 
-  // Respaced processes by respacing string, shared by requests (guarded by process_mu_).
-  mutable std::mutex process_mu_;
-  mutable std::map<std::string, std::shared_ptr<const GaussianDiffusion>> processes_;
-
-  // Worker-thread state.
+  // Worker-thread state: the running requests, grouped by sampler (kind order).
   std::vector<std::shared_ptr<Request>> running_;
+  int64_t iteration_ = 0;
   std::thread worker_;
 };
 

@@ -76,7 +76,8 @@ absl::StatusOr<ModelSpec> ReadModelDir(const std::string& dir) {
   for (const auto& [key, value] : json.items()) {
     static const std::vector<std::string> known = {"name", "description", "model_flags",
                                                    "model_path", "classifier_flags",
-                                                   "classifier_path", "class_names"};
+                                                   "classifier_path", "class_names",
+                                                   "default_classifier_scale"};
     if (std::find(known.begin(), known.end(), key) == known.end()) {
       return absl::InvalidArgumentError(absl::StrCat(json_path.string(), ": unknown key \"", key,
                                                      "\""));
@@ -94,6 +95,14 @@ absl::StatusOr<ModelSpec> ReadModelDir(const std::string& dir) {
       }
       spec.class_names.push_back(name.get<std::string>());
     }
+  }
+  if (json.contains("default_classifier_scale")) {
+    const auto& scale = json["default_classifier_scale"];
+    if (!scale.is_number() || scale.get<double>() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          json_path.string(), ": \"default_classifier_scale\" must be a number >= 0"));
+    }
+    spec.default_classifier_scale = scale.get<double>();
   }
   if (spec.name.empty()) spec.name = fs::absolute(root).lexically_normal().filename().string();
   if (spec.model_path.empty()) {
@@ -117,6 +126,9 @@ absl::Status WriteModelDir(const std::string& dir, const ModelSpec& spec) {
     json["classifier_path"] = fs::path(spec.classifier_path).filename().string();
   }
   if (!spec.class_names.empty()) json["class_names"] = spec.class_names;
+  if (spec.default_classifier_scale > 0) {
+    json["default_classifier_scale"] = spec.default_classifier_scale;
+  }
   std::ofstream out(fs::path(dir) / "model.json");
   out << json.dump(2) << "\n";
   if (!out) return absl::InternalError(absl::StrCat("cannot write ", dir, "/model.json"));
@@ -137,6 +149,7 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
   bundle->flags = *flags;
   bundle->diffusion = flags->Diffusion();
   bundle->class_names = spec.class_names;
+  bundle->default_classifier_scale = spec.default_classifier_scale;
   bundle->device = device;
   bundle->precision = precision;
   auto unet_config = flags->UNet();

@@ -26,12 +26,14 @@ struct ModelSpec {
   std::string classifier_flags;  // CLASSIFIER_FLAGS; empty with no classifier
   std::string classifier_path;   // empty: no classifier (unguided sampling only)
   std::vector<std::string> class_names;  // optional, one per class
+  double default_classifier_scale = 0;    // recommended guidance scale; 0 = none given
 };
 
 // A model directory holds model.json:
 //   {"name": "...", "description": "...", "model_flags": "--image_size 28 ...",
 //    "model_path": "model.safetensors", "classifier_flags": "...",
-//    "classifier_path": "classifier.safetensors", "class_names": ["T-shirt/top", ...]}
+//    "classifier_path": "classifier.safetensors", "class_names": ["T-shirt/top", ...],
+//    "default_classifier_scale": 3}
 // Paths are relative to the directory; name defaults to the directory's name.
 absl::StatusOr<ModelSpec> ReadModelDir(const std::string& dir);
 absl::Status WriteModelDir(const std::string& dir, const ModelSpec& spec);
@@ -48,6 +50,7 @@ struct ModelBundle {
   std::optional<UNetConfig> classifier_config;
   EncoderUNetModel classifier{nullptr};  // empty when no classifier is loaded
   std::vector<std::string> class_names;
+  double default_classifier_scale = 0;
   torch::Device device = torch::kCPU;
   Precision precision = Precision::kFloat32;
 

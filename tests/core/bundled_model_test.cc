@@ -14,7 +14,7 @@ namespace {
 
 class Waiter : public JobObserver {
  public:
-  void OnDone(absl::StatusOr<JobResult> r) override { done.set_value(std::move(r)); }
+  void OnFinished(absl::StatusOr<JobResult> r) override { done.set_value(std::move(r)); }
   std::promise<absl::StatusOr<JobResult>> done;
 };
 

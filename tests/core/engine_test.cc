@@ -15,7 +15,7 @@ namespace {
 
 using std::chrono::milliseconds;
 
-// Collects a job's events; OnDone fulfils a future.
+// Collects a job's events; OnFinished fulfils a future.
 class Collector : public JobObserver {
  public:
   void OnAdmitted(int64_t total_steps) override { admitted_steps = total_steps; }
@@ -24,7 +24,7 @@ class Collector : public JobObserver {
     steps.push_back(update);
     if (on_step) on_step(update);
   }
-  void OnDone(absl::StatusOr<JobResult> result) override { done.set_value(std::move(result)); }
+  void OnFinished(absl::StatusOr<JobResult> result) override { done.set_value(std::move(result)); }
 
   absl::StatusOr<JobResult> Wait() {
     auto future = done.get_future();

@@ -147,7 +147,8 @@ TEST_F(ServerTest, ListsModelsAndHealth) {
   EXPECT_TRUE(info.has_classifier());
   EXPECT_FALSE(models->models(1).has_classifier());
   EXPECT_EQ(info.diffusion_steps(), 1000u);
-  EXPECT_EQ(info.samplers_size(), 2);
+  ASSERT_EQ(info.samplers_size(), 3);
+  EXPECT_EQ(info.samplers(2), v1::SAMPLER_KIND_DPM_SOLVER_PP);
   auto one = client_->GetModel("");
   ASSERT_TRUE(one.ok());
   EXPECT_EQ(one->name(), "parity");
