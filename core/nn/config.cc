@@ -274,7 +274,10 @@ absl::StatusOr<ReferenceFlags> ReferenceFlags::FromJson(const nlohmann::json& js
     return absl::InvalidArgumentError("a model description must be a JSON object of flags");
   }
   ReferenceFlags flags = Defaults();
-  for (const auto& [name, value] : json.items()) {
+  for (const auto& item : json.items()) {
+    // Not a structured binding: lambdas cannot capture those before C++20 (clang refuses).
+    const std::string& name = item.key();
+    const nlohmann::json& value = item.value();
     auto spec = std::find_if(flags.specs_.begin(), flags.specs_.end(),
                              [&](const FlagSpec& s) { return s.name == name; });
     if (spec == flags.specs_.end()) {
