@@ -36,7 +36,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-openmp \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
-      libspdlog1.10 libfmt9 libpng16-16 zlib1g \
+      libspdlog1.10 libfmt9 libpng16-16 zlib1g libzip4 libgif7 \
       tini \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/bin/gd-server /src/build/bin/gd /usr/local/bin/

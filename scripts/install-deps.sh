@@ -9,18 +9,21 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
-  libpng-dev zlib1g-dev
+  libpng-dev zlib1g-dev libzip-dev libgif-dev
   dataset-fashion-mnist
   python3-torch python3-grpcio python3-grpc-tools python3-numpy
 )
-# Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests).
+# Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests),
+# "fuzz" (scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, llvm-symbolizer for
+# readable crash stacks).
 for extra in "$@"; do
   case "$extra" in
     # npm only where no npm exists yet: a nodejs from elsewhere (NodeSource) ships its own and
     # conflicts with Debian's npm package.
     browser) PACKAGES+=(chromium nodejs); command -v npm >/dev/null || PACKAGES+=(npm) ;;
     tls) PACKAGES+=(openssl) ;;
-    *) echo "install-deps: unknown group '$extra' (known: browser, tls)" >&2; exit 2 ;;
+    fuzz) PACKAGES+=(clang libclang-rt-14-dev llvm) ;;
+    *) echo "install-deps: unknown group '$extra' (known: browser, tls, fuzz)" >&2; exit 2 ;;
   esac
 done
 

@@ -108,10 +108,20 @@ absl::StatusOr<std::string> Canonical(const FlagSpec& spec, const std::string& r
   return raw;
 }
 
-absl::Status Positive(const ReferenceFlags& flags, const char* name) {
-  if (flags.GetInt(name) < 1) {
+// The largest size or count flag (channels, blocks, classes, image side, diffusion steps): far
+// above any real model (ImageNet-21k has 21,843 classes), low enough that the arithmetic on these
+// values (2 * in_channels, channels times multipliers) cannot overflow.
+constexpr int64_t kMaxSizeFlag = int64_t{1} << 24;
+
+absl::Status SizeInRange(const ReferenceFlags& flags, const char* name) {
+  const int64_t value = flags.GetInt(name);
+  if (value < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--", name, " = ", flags.GetInt(name), " must be at least 1"));
+        absl::StrCat("--", name, " = ", value, " must be at least 1"));
+  }
+  if (value > kMaxSizeFlag) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " = ", value, " must be at most ", kMaxSizeFlag));
   }
   return absl::OkStatus();
 }
@@ -274,7 +284,10 @@ absl::StatusOr<ReferenceFlags> ReferenceFlags::FromJson(const nlohmann::json& js
     return absl::InvalidArgumentError("a model description must be a JSON object of flags");
   }
   ReferenceFlags flags = Defaults();
-  for (const auto& [name, value] : json.items()) {
+  for (const auto& item : json.items()) {
+    // Not a structured binding: lambdas cannot capture those before C++20 (clang refuses).
+    const std::string& name = item.key();
+    const nlohmann::json& value = item.value();
     auto spec = std::find_if(flags.specs_.begin(), flags.specs_.end(),
                              [&](const FlagSpec& s) { return s.name == name; });
     if (spec == flags.specs_.end()) {
@@ -327,7 +340,10 @@ std::string ReferenceFlags::ToFlagString(bool reference_only) const {
     }
     const std::string& v = values_.at(spec.name);
     if (v == *Canonical(spec, spec.default_value)) continue;
-    parts.push_back(absl::StrCat("--", spec.name, " ", v.empty() ? "\"\"" : v));
+    // An empty value as "--name=": ParseStrings (and argparse) read it back as "", where
+    // `--name ""` would be the two quote characters.
+    parts.push_back(v.empty() ? absl::StrCat("--", spec.name, "=")
+                              : absl::StrCat("--", spec.name, " ", v));
   }
   return absl::StrJoin(parts, " ");
 }
@@ -360,7 +376,7 @@ bool ReferenceFlags::GetBool(const std::string& name) const { return Get(name) =
 absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
   for (const char* name : {"image_size", "num_channels", "num_res_blocks", "in_channels",
                            "num_classes", "diffusion_steps"}) {
-    if (auto s = Positive(*this, name); !s.ok()) return s;
+    if (auto s = SizeInRange(*this, name); !s.ok()) return s;
   }
   UNetConfig c;
   c.image_size = GetInt("image_size");
@@ -394,7 +410,7 @@ absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
 absl::StatusOr<UNetConfig> ReferenceFlags::Classifier() const {
   for (const char* name : {"image_size", "classifier_width", "classifier_depth", "in_channels",
                            "num_classes"}) {
-    if (auto s = Positive(*this, name); !s.ok()) return s;
+    if (auto s = SizeInRange(*this, name); !s.ok()) return s;
   }
   UNetConfig c;
   c.image_size = GetInt("image_size");

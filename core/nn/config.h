@@ -86,7 +86,8 @@ class ReferenceFlags {
   double GetFloat(const std::string& name) const;
   bool GetBool(const std::string& name) const;
 
-  // The diffusion model, its process and the noisy classifier they describe.
+  // The diffusion model, its process and the noisy classifier they describe. Sizes and counts
+  // (image side, channels, blocks, classes, diffusion steps) must lie in [1, 2^24].
   absl::StatusOr<UNetConfig> UNet() const;
   absl::StatusOr<UNetConfig> Classifier() const;
   DiffusionConfig Diffusion() const;

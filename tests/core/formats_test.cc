@@ -1,7 +1,8 @@
 // Tests for core/io/formats: PNG, .npy/.npz, grids, float16 and files on plain bytes, without
 // LibTorch (core/io's tensor wrappers over them are tested in io_test.cc). Every input is built at
 // test time; the numpy byte strings below were produced by numpy 1.24 (np.save, np.savez,
-// np.savez_compressed) when the tests were written, so no test runs Python.
+// np.savez_compressed) when the tests were written. One test runs numpy itself, where Debian's
+// python3-numpy is installed, to check that numpy reads what we write.
 #include "core/io/formats/formats.h"
 
 #include <gmock/gmock.h>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -162,6 +164,7 @@ struct TestMember {
   bool deflate = false;
   size_t cut_stored_bytes = 0;  // drop this many bytes from the end of the stored stream
   int64_t claimed_size = -1;    // the uncompressed size written, if not the real one
+  int method = -1;              // the compression method written, if not 0 or 8 as `deflate` says
 };
 
 std::string BuildZip(const std::vector<TestMember>& members, bool zip64) {
@@ -171,11 +174,12 @@ std::string BuildZip(const std::vector<TestMember>& members, bool zip64) {
     std::string stored = member.deflate ? RawDeflate(member.data) : member.data;
     stored.resize(stored.size() - member.cut_stored_bytes);
     const uint64_t size = member.claimed_size >= 0 ? member.claimed_size : member.data.size();
+    const int method = member.method >= 0 ? member.method : member.deflate ? 8 : 0;
     const uint64_t offset = file.size();
     PutLittle(&file, 0x04034b50, 4);
     PutLittle(&file, zip64 ? 45 : 20, 2);
     PutLittle(&file, 0, 2);
-    PutLittle(&file, member.deflate ? 8 : 0, 2);
+    PutLittle(&file, method, 2);
     PutLittle(&file, 0, 2);
     PutLittle(&file, 0x21, 2);
     PutLittle(&file, Crc(member.data), 4);
@@ -196,7 +200,7 @@ std::string BuildZip(const std::vector<TestMember>& members, bool zip64) {
     PutLittle(&central, 0x0314, 2);
     PutLittle(&central, zip64 ? 45 : 20, 2);
     PutLittle(&central, 0, 2);
-    PutLittle(&central, member.deflate ? 8 : 0, 2);
+    PutLittle(&central, method, 2);
     PutLittle(&central, 0, 2);
     PutLittle(&central, 0x21, 2);
     PutLittle(&central, Crc(member.data), 4);
@@ -888,6 +892,57 @@ TEST(FormatsNpz, ReadsNumpySavezAndSavezCompressed) {
                                {"arr_1", MakeArray<int64_t>(DType::kInt64, {2}, {1, 0})}});
 }
 
+// numpy itself, both ways: np.load reads what WriteNpz wrote (values printed by Python, compared
+// as text), and what np.savez_compressed writes from them reads back bit for bit. Debian's
+// /usr/bin/python3 has numpy (python3-numpy); another python3 on PATH may not: that one is named.
+TEST(FormatsNpz, NumpyLoadsWhatWeWriteAndWeReadWhatItWrites) {
+  constexpr char kPython[] = "/usr/bin/python3";
+  if (std::system(absl::StrCat(kPython, " -c 'import numpy' >/dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << kPython << " with numpy is missing (Debian: apt-get install python3-numpy)";
+  }
+  const std::vector<std::pair<std::string, Array>> arrays = {
+      {"arr_0", MakeArray<uint8_t>(DType::kUInt8, {2, 2, 2, 1}, {0, 1, 2, 3, 4, 5, 6, 255})},
+      {"arr_1", MakeArray<int64_t>(DType::kInt64, {2}, {-1, int64_t{1} << 40})},
+      {"weights", MakeArray<float>(DType::kFloat32, {3, 1}, {0.5f, -1.25f, 3.0f})},
+      {"half", MakeArray<uint16_t>(DType::kFloat16, {2}, {0x3e00, 0xc000})},  // 1.5, -2
+      {"mask", MakeArray<uint8_t>(DType::kBool, {3}, {1, 0, 1})},
+      {"\xc3\xa9t\xc3\xa9", MakeArray<double>(DType::kFloat64, {}, {2.5})},  // "été", UTF-8
+      {"empty", MakeArray<int32_t>(DType::kInt32, {0, 4}, {})}};
+  ScratchFile ours("ours.npz");
+  ScratchFile theirs("theirs.npz");
+  ASSERT_TRUE(WriteNpz(ours.path(), arrays).ok());
+  const std::string script =
+      "import sys, numpy as np\n"
+      "with np.load(sys.argv[1]) as z:\n"
+      "    loaded = {name: z[name] for name in z.files}\n"
+      "for name, a in loaded.items():\n"
+      "    print(name, a.dtype.str, list(a.shape), a.ravel().tolist())\n"
+      "np.savez_compressed(sys.argv[2], **loaded)\n";
+  const std::string command = absl::StrCat("PYTHONIOENCODING=utf-8 ", kPython, " -c '", script,
+                                           "' ", ours.path(), " ", theirs.path(), " 2>&1");
+  std::FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[4096];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) output.append(buffer, n);
+  ASSERT_EQ(pclose(pipe), 0) << output;
+  EXPECT_EQ(output,
+            "arr_0 |u1 [2, 2, 2, 1] [0, 1, 2, 3, 4, 5, 6, 255]\n"
+            "arr_1 <i8 [2] [-1, 1099511627776]\n"
+            "weights <f4 [3, 1] [0.5, -1.25, 3.0]\n"
+            "half <f2 [2] [1.5, -2.0]\n"
+            "mask |b1 [3] [True, False, True]\n"
+            "\xc3\xa9t\xc3\xa9 <f8 [] [2.5]\n"
+            "empty <i4 [0, 4] []\n");
+
+  absl::StatusOr<std::string> compressed = ReadFileBytes(theirs.path());
+  ASSERT_TRUE(compressed.ok()) << compressed.status();
+  absl::StatusOr<std::vector<std::pair<std::string, Array>>> parsed =
+      ParseNpz(*compressed, "theirs.npz");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ExpectSameArrays(*parsed, arrays);
+}
+
 TEST(FormatsNpz, ReadsDeflatedMembersBuiltWithZlibAndZip64Archives) {
   Array images;
   images.dtype = DType::kUInt8;
@@ -923,6 +978,7 @@ TEST(FormatsNpz, RejectsCorruptArchives) {
     corrupt[i] = static_cast<char>(corrupt[i] ^ 0xa5);
     (void)ParseNpz(corrupt, "corrupt.npz");
   }
+  EXPECT_THAT(error(""), HasSubstr("bad.npz: not a valid zip archive: the file is empty"));
   EXPECT_THAT(error("just some text that is not a zip archive at all"),
               HasSubstr("bad.npz: not a valid zip archive"));
   std::string flipped = good;
@@ -931,39 +987,70 @@ TEST(FormatsNpz, RejectsCorruptArchives) {
   const size_t end = good.size() - 22;
   std::string bad_offset = good;
   bad_offset[end + 17] = '\x02';  // the central directory offset, now 0x282: past the end
-  EXPECT_THAT(error(bad_offset), HasSubstr("lies outside the file"));
+  EXPECT_THAT(error(bad_offset), HasSubstr("bad.npz: not a valid zip archive"));
+  std::string too_many = good;
+  too_many[end + 8] = too_many[end + 10] = '\x03';  // 3 entries in a directory that holds 2
+  EXPECT_THAT(error(too_many), HasSubstr("bad.npz: not a valid zip archive"));
   const size_t central = 0x182;
   std::string bad_local = good;
   bad_local[central + 42] = '\x05';  // arr_0's local header offset
-  EXPECT_THAT(error(bad_local), HasSubstr("no local header at offset 5"));
+  EXPECT_THAT(error(bad_local), HasSubstr("bad.npz: not a valid zip archive"));
+  std::string local_disagrees = good;
+  local_disagrees[central + 10] = '\x08';  // arr_0 deflated says the directory, stored its header
+  EXPECT_THAT(error(local_disagrees),
+              HasSubstr("the central directory disagrees with the file or with a local header"));
   std::string encrypted = good;
   encrypted[central + 8] = '\x01';
-  EXPECT_THAT(error(encrypted), HasSubstr("encrypted"));
-  std::string bzip2 = good;
-  bzip2[central + 10] = '\x0c';
-  EXPECT_THAT(error(bzip2), HasSubstr("compression method 12"));
+  EXPECT_THAT(error(encrypted), HasSubstr("bad.npz:arr_0.npy: is encrypted"));
 
   const std::string npy = SerializeNpy(MakeArray<float>(DType::kFloat32, {3}, {0, 0, 0}));
+  TestMember bzip2{"a.npy", npy};
+  bzip2.method = 12;
+  EXPECT_THAT(error(BuildZip({bzip2}, false)),
+              HasSubstr("bad.npz:a.npy: uses compression method 12 (only 0, stored, and 8"));
   EXPECT_THAT(error(BuildZip({{"notes.txt", "hello"}}, false)), HasSubstr("not a .npy member"));
-  EXPECT_THAT(error(BuildZip({{"a.npy", npy}, {"a.npy", npy}}, false)), HasSubstr("twice"));
-  // A deflated member that claims a size deflate cannot reach, and one cut short.
-  std::string bomb = BuildZip({{"a.npy", std::string(100000, 'x'), true}}, false);
-  const size_t bomb_central = bomb.size() - 22 - 46 - 5;
-  bomb[bomb_central + 24 + 3] = '\x7f';  // uncompressed size ~ 2 GiB
-  EXPECT_THAT(error(bomb), HasSubstr("more than deflate can"));
+  EXPECT_THAT(error(BuildZip({{"a.npy", npy}, {"a.npy", npy}}, false)),
+              HasSubstr("two members have the same name"));
+  // Deflated members cut short, or inflating to more or less than the directory says.
   EXPECT_THAT(error(BuildZip({{"a.npy", npy, true, /*cut_stored_bytes=*/3}}, false)),
-              HasSubstr("a.npy: truncated deflate stream"));
+              HasSubstr("bad.npz:a.npy: CRC-32 mismatch, or the data is cut short"));
   EXPECT_THAT(error(BuildZip({{"a.npy", npy, true, 0, /*claimed_size=*/100}}, false)),
-              HasSubstr("does not end within the directory's 100 bytes"));
+              HasSubstr("a.npy: inflates to more than the directory's 100 bytes"));
   EXPECT_THAT(error(BuildZip({{"a.npy", npy, true, 0, /*claimed_size=*/1000}}, false)),
-              HasSubstr("inflates to 140 bytes, the directory says 1000"));
+              HasSubstr("a.npy: inflates to 140 bytes, the directory says 1000"));
   EXPECT_THAT(error(BuildZip({{"a.npy", npy, false, 0, /*claimed_size=*/100}}, false)),
-              HasSubstr("stored member with size 100"));
+              HasSubstr("a.npy: stored member with size 100 != compressed size 140"));
   // A member that is not a valid .npy, and one Array cannot hold.
   EXPECT_THAT(error(BuildZip({{"a.npy", "not npy"}}, false)), HasSubstr("a.npy: not a .npy file"));
   const std::string complex = SerializeNpy(NpyType{'c', 16}, {1}, std::string(16, '\0'));
   EXPECT_THAT(error(BuildZip({{"z.npy", complex}}, false)),
               HasSubstr("bad.npz:z.npy: dtype '<c16' cannot be held"));
+}
+
+// The reader's limits (core/io/formats/zip.h), each at its edge: a zip bomb's claimed size is
+// refused before anything is allocated for it.
+TEST(FormatsNpz, EnforcesTheZipReadersLimits) {
+  auto error = [&](const std::string& bytes) {
+    auto arrays = ParseNpz(bytes, "bomb.npz");
+    return arrays.ok() ? std::string("(no error)") : Message(arrays.status());
+  };
+  // 100,000 bytes of 'x' deflate to ~100 bytes: the real ratio is ~1000:1, under the limit.
+  const std::string xs = std::string(100000, 'x');
+  const size_t compressed = RawDeflate(xs).size();
+  EXPECT_THAT(error(BuildZip({{"a.npy", xs, true}}, false)), HasSubstr("a.npy: not a .npy file"));
+  // Claims up to kMaxDeflateRatio * compressed + 1024 get as far as inflating; one more is a bomb.
+  const int64_t ratio_edge = 1100 * static_cast<int64_t>(compressed) + 1024;
+  EXPECT_THAT(error(BuildZip({{"a.npy", xs, true, 0, ratio_edge}}, false)),
+              HasSubstr(absl::StrCat("inflates to 100000 bytes, the directory says ", ratio_edge)));
+  EXPECT_THAT(error(BuildZip({{"a.npy", xs, true, 0, ratio_edge + 1}}, false)),
+              HasSubstr(absl::StrCat("bomb.npz:a.npy: claims to inflate ", compressed, " bytes to ",
+                                     ratio_edge + 1, ", more than deflate can (at most 1100:1)")));
+  EXPECT_THAT(error(BuildZip({{"a.npy", xs, true, 0, int64_t{2} << 30}}, false)),
+              HasSubstr("more than deflate can"));
+  // Over 16 GiB per member, whatever the ratio (a ZIP64 archive can claim it).
+  EXPECT_THAT(error(BuildZip({{"a.npy", xs, true, 0, (int64_t{16} << 30) + 1}}, true)),
+              HasSubstr("bomb.npz:a.npy: claims 17179869185 bytes, over the limit of 17179869184 "
+                        "bytes per member"));
 }
 
 TEST(FormatsNpz, VisitNpzHandsOverEachMemberAndStopsAtTheVisitorsError) {

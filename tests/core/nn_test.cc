@@ -2,6 +2,8 @@
 // (pools, resampling kinds, attention orders, class conditioning), mixed precision, and errors.
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "core/nn/config.h"
 #include "core/nn/guidance.h"
 #include "core/nn/unet.h"
@@ -127,6 +129,59 @@ TEST(ReferenceFlags, JsonRoundTrip) {
   EXPECT_NE(unknown.status().message().find("imagesize"), std::string::npos);
   EXPECT_FALSE(ReferenceFlags::FromJson({{"image_size", "big"}}).ok());
   EXPECT_FALSE(ReferenceFlags::FromJson(nlohmann::json::array()).ok());
+}
+
+// Found by fuzz/model_flags_fuzzer.cc: an empty value was written back as `--name ""`, which
+// parses as the two quote characters, so a model without attention (gd-train records its flags with
+// ToFlagString) read back with attention_resolutions "\"\"" and failed to load.
+TEST(ReferenceFlags, EmptyValuesRoundTripThroughTheFlagString) {
+  auto flags = ReferenceFlags::ParseStrings({"--attention_resolutions= --image_size 32"});
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  EXPECT_EQ(flags->Get("attention_resolutions"), "");
+  for (bool reference_only : {false, true}) {
+    const std::string written = flags->ToFlagString(reference_only);
+    EXPECT_EQ(written, "--image_size 32 --attention_resolutions=");
+    auto back = ReferenceFlags::ParseStrings({written});
+    ASSERT_TRUE(back.ok()) << back.status() << " from " << written;
+    EXPECT_EQ(back->ToJson(), flags->ToJson());
+    auto unet = back->UNet();
+    ASSERT_FALSE(unet.ok());  // image_size 32 has no default channel_mult
+    auto with_mult = ReferenceFlags::ParseStrings({written, "--channel_mult 1,2"});
+    ASSERT_TRUE(with_mult.ok());
+    unet = with_mult->UNet();
+    ASSERT_TRUE(unet.ok()) << unet.status();
+    EXPECT_TRUE(unet->attention_ds.empty());
+  }
+}
+
+// Found by fuzz/model_flags_fuzzer.cc (UBSan): --learn_sigma with a huge --in_channels overflowed
+// 2 * in_channels. Sizes and counts are bounded to [1, 2^24].
+TEST(ReferenceFlags, SizesAreBoundedSoTheirArithmeticCannotOverflow) {
+  auto huge = ReferenceFlags::ParseStrings(
+      {"--image_size 9223372036854775807 --learn_sigma true --in_channels 4611686018427387904"});
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_EQ(huge->UNet().status().message(), "--image_size = 9223372036854775807 must be at most "
+                                             "16777216");
+  for (const char* flag : {"in_channels", "num_channels", "num_res_blocks", "num_classes",
+                           "diffusion_steps", "classifier_width", "classifier_depth"}) {
+    SCOPED_TRACE(flag);
+    auto at_limit = ReferenceFlags::ParseStrings(
+        {absl::StrCat("--learn_sigma true --", flag, " 16777216")});
+    auto over = ReferenceFlags::ParseStrings(
+        {absl::StrCat("--learn_sigma true --", flag, " 16777217")});
+    ASSERT_TRUE(at_limit.ok() && over.ok());
+    const bool classifier = absl::StartsWith(flag, "classifier_");
+    const absl::Status at_limit_status =
+        classifier ? at_limit->Classifier().status() : at_limit->UNet().status();
+    const absl::Status over_status =
+        classifier ? over->Classifier().status() : over->UNet().status();
+    EXPECT_TRUE(at_limit_status.ok()) << at_limit_status;
+    EXPECT_EQ(over_status.message(),
+              absl::StrCat("--", flag, " = 16777217 must be at most 16777216"));
+  }
+  auto in_channels = ReferenceFlags::ParseStrings({"--in_channels 16777216 --learn_sigma true"});
+  ASSERT_TRUE(in_channels.ok());
+  EXPECT_EQ(in_channels->UNet()->out_channels, 2 * 16777216);
 }
 
 TEST(ReferenceFlags, ExtraSpecsJoinTheCommandLine) {

@@ -103,10 +103,11 @@ absl::StatusOr<NpyArray> ParseNpyArray(absl::string_view bytes, absl::string_vie
 std::string SerializeNpy(NpyType type, const std::vector<int64_t>& shape, absl::string_view data);
 
 // ParseNpz member by member: `visit` gets each member's name (without ".npy") and array in archive
-// order, so that a caller converting members need not hold them all. Reads stored and deflated
-// members, checks every CRC-32, offset and size, reads ZIP64 archives; a member that is not a .npy,
-// a repeated name, encryption or another compression method is an error. Returns the first error,
-// the archive's or visit's.
+// order, so that a caller converting members need not hold them all. The archive is read by libzip:
+// stored and deflated members, every CRC-32, offset and size checked, ZIP64 archives. A member that
+// is not a .npy, a repeated name, encryption or another compression method is an error, and so is a
+// member over the reader's limits (core/io/formats/zip.h): a claimed size above 1100 times its
+// compressed size (a zip bomb) or above 16 GiB. Returns the first error, the archive's or visit's.
 absl::Status VisitNpz(
     absl::string_view bytes, absl::string_view what,
     const std::function<absl::Status(const std::string& name, NpyArray array)>& visit);

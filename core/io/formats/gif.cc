@@ -1,7 +1,9 @@
-// GIF89a writing: colour tables (exact, or a dithered 6x7x6 cube), LZW compression as the GIF
-// specification's appendix F describes it (variable code width from min_code_size + 1 to 12 bits,
-// least significant bit first, a clear code when the 4096-entry table is full), data sub-blocks.
+// GIF89a writing through giflib: the screen descriptor, the NETSCAPE2.0 loop extension, a graphic
+// control extension and an image with its local colour table per frame, LZW-compressed by giflib
+// as each frame arrives. Colour tables are chosen here (exact, or a dithered 6x7x6 cube).
 #include "core/io/formats/gif.h"
+
+#include <gif_lib.h>
 
 #include <algorithm>
 #include <array>
@@ -9,14 +11,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/io/formats/internal.h"
 
 namespace gd::formats {
 namespace {
 
 constexpr int64_t kMaxSide = 65535;  // GIF sizes are 16-bit fields
-constexpr int kMaxCodeBits = 12;
-constexpr int kMaxCodes = 1 << kMaxCodeBits;
 
 using Rgb = std::array<uint8_t, 3>;
 
@@ -89,116 +88,66 @@ IndexedFrame IndexFrame(const Image& image) {
   return frame;
 }
 
-// Codes packed least significant bit first, emitted as data sub-blocks of at most 255 bytes.
-class CodeWriter {
- public:
-  explicit CodeWriter(std::string* out) : out_(out) {}
+// giflib's OutputFunc: appends to the std::string given to EGifOpen.
+int AppendToString(GifFileType* gif, const GifByteType* data, int length) {
+  static_cast<std::string*>(gif->UserData)->append(reinterpret_cast<const char*>(data), length);
+  return length;
+}
 
-  void Write(int code, int bits) {
-    buffer_ |= static_cast<uint32_t>(code) << buffered_bits_;
-    buffered_bits_ += bits;
-    while (buffered_bits_ >= 8) {
-      PutByte(static_cast<char>(buffer_ & 0xff));
-      buffer_ >>= 8;
-      buffered_bits_ -= 8;
-    }
-  }
-
-  // Flushes the last partial byte and block, then the zero-length block terminator.
-  void Finish() {
-    if (buffered_bits_ > 0) PutByte(static_cast<char>(buffer_ & 0xff));
-    FlushBlock();
-    out_->push_back('\0');
-  }
-
- private:
-  void PutByte(char byte) {
-    block_.push_back(byte);
-    if (block_.size() == 255) FlushBlock();
-  }
-  void FlushBlock() {
-    if (block_.empty()) return;
-    out_->push_back(static_cast<char>(block_.size()));
-    out_->append(block_);
-    block_.clear();
-  }
-
-  std::string* out_;
-  std::string block_;
-  uint32_t buffer_ = 0;
-  int buffered_bits_ = 0;
-};
-
-// The LZW string table: (prefix code, next index) -> code, an open-addressing hash table that
-// a clear code empties cheaply.
-class LzwTable {
- public:
-  LzwTable() : keys_(kSlots, kEmpty), codes_(kSlots, 0) {}
-  void Clear() { std::fill(keys_.begin(), keys_.end(), kEmpty); }
-  // The code of `key`, or -1.
-  int Find(uint32_t key) const {
-    for (size_t slot = Hash(key);; slot = (slot + 1) & (kSlots - 1)) {
-      if (keys_[slot] == key) return codes_[slot];
-      if (keys_[slot] == kEmpty) return -1;
-    }
-  }
-  void Insert(uint32_t key, int code) {
-    size_t slot = Hash(key);
-    while (keys_[slot] != kEmpty) slot = (slot + 1) & (kSlots - 1);
-    keys_[slot] = key;
-    codes_[slot] = static_cast<uint16_t>(code);
-  }
-
- private:
-  static constexpr size_t kSlots = 16384;  // > 4096 entries: the table stays sparse
-  static constexpr uint32_t kEmpty = 0xffffffffu;
-  static size_t Hash(uint32_t key) { return (key * 2654435761u >> 18) & (kSlots - 1); }
-  std::vector<uint32_t> keys_;
-  std::vector<uint16_t> codes_;
-};
-
-// The image data of one frame: the LZW minimum code size byte, then the sub-blocks.
-void CompressIndices(const std::vector<uint8_t>& indices, int min_code_size, std::string* out) {
-  out->push_back(static_cast<char>(min_code_size));
-  CodeWriter writer(out);
-  const int clear_code = 1 << min_code_size;
-  const int end_code = clear_code + 1;
-  LzwTable table;
-  int next_code = clear_code + 2;
-  int code_bits = min_code_size + 1;
-  writer.Write(clear_code, code_bits);
-  int prefix = indices[0];
-  for (size_t i = 1; i < indices.size(); ++i) {
-    const uint32_t key = (static_cast<uint32_t>(prefix) << 8) | indices[i];
-    if (const int code = table.Find(key); code >= 0) {
-      prefix = code;
-      continue;
-    }
-    writer.Write(prefix, code_bits);
-    // A decoder adds this entry one code later and widens its codes once its next free code
-    // passes 2^bits: widening when next_code exceeds 2^bits keeps both in step.
-    table.Insert(key, next_code++);
-    if (next_code > (1 << code_bits) && code_bits < kMaxCodeBits) ++code_bits;
-    if (next_code == kMaxCodes) {  // table full: start over
-      writer.Write(clear_code, code_bits);
-      table.Clear();
-      next_code = clear_code + 2;
-      code_bits = min_code_size + 1;
-    }
-    prefix = indices[i];
-  }
-  writer.Write(prefix, code_bits);
-  writer.Write(end_code, code_bits);
-  writer.Finish();
+absl::Status GifLibError(absl::string_view call, int error_code) {
+  const char* message = GifErrorString(error_code);
+  return absl::InternalError(absl::StrCat(
+      "giflib ", call,
+      " failed: ", message != nullptr ? std::string(message) : absl::StrCat("error ", error_code)));
 }
 
 }  // namespace
 
+struct GifWriter::Encoder {
+  std::string bytes;  // written by giflib through AppendToString
+  GifFileType* gif = nullptr;
+  ~Encoder() {
+    if (gif != nullptr) EGifCloseFile(gif, /*ErrorCode=*/nullptr);
+  }
+};
+
 GifWriter::GifWriter(int64_t width, int64_t height, int loop_count)
     : width_(width), height_(height), loop_count_(loop_count) {}
+GifWriter::GifWriter(GifWriter&&) noexcept = default;
+GifWriter& GifWriter::operator=(GifWriter&&) noexcept = default;
+GifWriter::~GifWriter() = default;
+
+// The header, the logical screen (no global colour table: every frame has its own) and how often
+// the animation repeats.
+absl::Status GifWriter::StartFile() {
+  auto encoder = std::make_unique<Encoder>();
+  int error_code = 0;
+  encoder->gif = EGifOpen(&encoder->bytes, &AppendToString, &error_code);
+  if (encoder->gif == nullptr) return GifLibError("EGifOpen", error_code);
+  GifFileType* gif = encoder->gif;
+  EGifSetGifVersion(gif, /*gif89=*/true);
+  if (EGifPutScreenDesc(gif, static_cast<int>(width_), static_cast<int>(height_),
+                        /*GifColorRes=*/8, /*GifBackGround=*/0,
+                        /*GifColorMap=*/nullptr) == GIF_ERROR) {
+    return GifLibError("EGifPutScreenDesc", gif->Error);
+  }
+  // NETSCAPE2.0 application extension: sub-block 1 holds the 16-bit loop count.
+  const uint16_t loops = static_cast<uint16_t>(std::clamp(loop_count_, 0, 65535));
+  const GifByteType loop_block[3] = {1, static_cast<GifByteType>(loops & 0xff),
+                                     static_cast<GifByteType>(loops >> 8)};
+  if (EGifPutExtensionLeader(gif, APPLICATION_EXT_FUNC_CODE) == GIF_ERROR ||
+      EGifPutExtensionBlock(gif, 11, "NETSCAPE2.0") == GIF_ERROR ||
+      EGifPutExtensionBlock(gif, 3, loop_block) == GIF_ERROR ||
+      EGifPutExtensionTrailer(gif) == GIF_ERROR) {
+    return GifLibError("EGifPutExtension (NETSCAPE2.0)", gif->Error);
+  }
+  encoder_ = std::move(encoder);
+  return absl::OkStatus();
+}
 
 absl::Status GifWriter::AddFrame(const Image& frame, int delay_cs) {
   if (finished_) return absl::FailedPreconditionError("GifWriter::AddFrame after Finish");
+  if (!error_.ok()) return error_;
   const std::string what = absl::StrCat("GIF frame ", frame_count_);
   if (frame.height != height_ || frame.width != width_) {
     return absl::InvalidArgumentError(absl::StrCat(what, " is ", frame.height, "x", frame.width,
@@ -221,53 +170,71 @@ absl::Status GifWriter::AddFrame(const Image& frame, int delay_cs) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": delay ", delay_cs, " cs is outside [0, 65535]"));
   }
-
-  const IndexedFrame indexed = IndexFrame(frame);
-  int table_bits = 1;  // the colour table holds 2^table_bits entries
-  while ((size_t{1} << table_bits) < indexed.palette.size()) ++table_bits;
-
-  std::string& out = frames_;
-  // Graphic control extension: no transparency, "do not dispose" (each frame covers the screen).
-  out.append("\x21\xf9\x04\x04", 4);
-  internal::PutLittle(&out, static_cast<uint64_t>(delay_cs), 2);
-  out.append("\x00\x00", 2);  // transparent index (unused), block terminator
-  // Image descriptor: the whole screen, a local colour table of 2^table_bits entries.
-  out.push_back('\x2c');
-  internal::PutLittle(&out, 0, 2);
-  internal::PutLittle(&out, 0, 2);
-  internal::PutLittle(&out, static_cast<uint64_t>(width_), 2);
-  internal::PutLittle(&out, static_cast<uint64_t>(height_), 2);
-  out.push_back(static_cast<char>(0x80 | (table_bits - 1)));
-  for (size_t i = 0; i < (size_t{1} << table_bits); ++i) {
-    const Rgb rgb = i < indexed.palette.size() ? indexed.palette[i] : Rgb{0, 0, 0};
-    out.append(reinterpret_cast<const char*>(rgb.data()), 3);
-  }
-  CompressIndices(indexed.indices, std::max(2, table_bits), &out);
+  if (encoder_ == nullptr) error_ = StartFile();
+  if (error_.ok()) error_ = PutFrame(frame, delay_cs);
+  if (!error_.ok()) return error_;
   ++frame_count_;
+  return absl::OkStatus();
+}
+
+// A graphic control extension (the delay; no transparency; "do not dispose": each frame covers the
+// screen), then the image with its local colour table of 2^k entries, k >= 1.
+absl::Status GifWriter::PutFrame(const Image& frame, int delay_cs) {
+  GifFileType* gif = encoder_->gif;
+  GraphicsControlBlock control{};
+  control.DisposalMode = DISPOSE_DO_NOT;
+  control.UserInputFlag = false;
+  control.DelayTime = delay_cs;
+  control.TransparentColor = NO_TRANSPARENT_COLOR;
+  GifByteType control_bytes[4];
+  const size_t control_size = EGifGCBToExtension(&control, control_bytes);
+  if (EGifPutExtension(gif, GRAPHICS_EXT_FUNC_CODE, static_cast<int>(control_size),
+                       control_bytes) == GIF_ERROR) {
+    return GifLibError("EGifPutExtension (graphic control)", gif->Error);
+  }
+
+  IndexedFrame indexed = IndexFrame(frame);
+  int table_bits = 1;
+  while ((size_t{1} << table_bits) < indexed.palette.size()) ++table_bits;
+  std::vector<GifColorType> colours(size_t{1} << table_bits, GifColorType{0, 0, 0});
+  for (size_t i = 0; i < indexed.palette.size(); ++i) {
+    colours[i] = {indexed.palette[i][0], indexed.palette[i][1], indexed.palette[i][2]};
+  }
+  std::unique_ptr<ColorMapObject, void (*)(ColorMapObject*)> colour_map(
+      GifMakeMapObject(static_cast<int>(colours.size()), colours.data()), &GifFreeMapObject);
+  if (colour_map == nullptr) return GifLibError("GifMakeMapObject", E_GIF_ERR_NOT_ENOUGH_MEM);
+  // giflib copies the map.
+  if (EGifPutImageDesc(gif, /*GifLeft=*/0, /*GifTop=*/0, static_cast<int>(width_),
+                       static_cast<int>(height_), /*GifInterlace=*/false,
+                       colour_map.get()) == GIF_ERROR) {
+    return GifLibError("EGifPutImageDesc", gif->Error);
+  }
+  for (int64_t y = 0; y < height_; ++y) {
+    if (EGifPutLine(gif, indexed.indices.data() + y * width_, static_cast<int>(width_)) ==
+        GIF_ERROR) {
+      return GifLibError("EGifPutLine", gif->Error);
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> GifWriter::Finish() {
   if (finished_) return absl::FailedPreconditionError("GifWriter::Finish called twice");
+  if (!error_.ok()) return error_;
   if (width_ < 1 || height_ < 1 || width_ > kMaxSide || height_ > kMaxSide) {
     return absl::FailedPreconditionError(
         absl::StrCat("a GIF of ", height_, "x", width_, ": sides must be in 1..", kMaxSide));
   }
   if (frame_count_ == 0) return absl::FailedPreconditionError("a GIF needs at least one frame");
   finished_ = true;
-  std::string out = "GIF89a";
-  // Logical screen descriptor without a global colour table (every frame has its own).
-  internal::PutLittle(&out, static_cast<uint64_t>(width_), 2);
-  internal::PutLittle(&out, static_cast<uint64_t>(height_), 2);
-  out.append("\x00\x00\x00", 3);  // flags, background colour index, pixel aspect ratio
-  // NETSCAPE2.0 application extension: how often the animation repeats.
-  out.append("\x21\xff\x0bNETSCAPE2.0\x03\x01", 16);
-  internal::PutLittle(&out, static_cast<uint64_t>(std::clamp(loop_count_, 0, 65535)), 2);
-  out.push_back('\0');
-  out.append(frames_);
-  out.push_back('\x3b');  // trailer
-  frames_.clear();
-  return out;
+  // EGifCloseFile writes the trailer and frees the handle, even when it fails.
+  int error_code = 0;
+  const int closed = EGifCloseFile(encoder_->gif, &error_code);
+  encoder_->gif = nullptr;
+  std::string bytes = std::move(encoder_->bytes);
+  encoder_.reset();
+  if (closed == GIF_ERROR) return GifLibError("EGifCloseFile", error_code);
+  return bytes;
 }
 
 absl::StatusOr<std::string> EncodeGif(const std::vector<Image>& frames, int delay_cs,

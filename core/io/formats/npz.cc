@@ -47,26 +47,26 @@ std::vector<std::string> NamesOf(const std::vector<std::pair<std::string, Array>
 absl::Status VisitNpz(
     absl::string_view bytes, absl::string_view what,
     const std::function<absl::Status(const std::string& name, NpyArray array)>& visit) {
-  absl::StatusOr<internal::ZipDirectory> directory = internal::ReadZipDirectory(bytes, what);
-  if (!directory.ok()) return directory.status();
-  std::set<std::string> names;
-  for (const internal::ZipMember& member : directory->members) {
-    const std::string member_what = absl::StrCat(what, ":", member.name);
+  absl::StatusOr<internal::ZipReader> zip = internal::ZipReader::Open(bytes, what);
+  if (!zip.ok()) return zip.status();
+  // Member names are unique: the reader refuses archives that repeat one.
+  for (size_t i = 0; i < zip->members().size(); ++i) {
+    const std::string& member_name = zip->members()[i].name;
+    const std::string member_what = absl::StrCat(what, ":", member_name);
     auto bad = [&](absl::string_view why) {
       return absl::InvalidArgumentError(absl::StrCat(member_what, ": ", why));
     };
-    if (!absl::EndsWith(member.name, ".npy")) {
+    if (!absl::EndsWith(member_name, ".npy")) {
       return bad("not a .npy member (an .npz holds only NAME.npy arrays)");
     }
-    const std::string name = member.name.substr(0, member.name.size() - 4);
-    if (!names.insert(name).second) return bad("the archive holds this name twice");
-    std::string inflated;
-    absl::StatusOr<absl::string_view> npy =
-        internal::ReadZipMember(bytes, *directory, member, member_what, &inflated);
-    if (!npy.ok()) return npy.status();
-    absl::StatusOr<NpyArray> array = ParseNpyArray(*npy, member_what);
+    const std::string name = member_name.substr(0, member_name.size() - 4);
+    absl::StatusOr<NpyArray> array;
+    {
+      absl::StatusOr<std::string> npy = zip->Read(i, member_what);
+      if (!npy.ok()) return npy.status();
+      array = ParseNpyArray(*npy, member_what);
+    }  // the member's bytes are freed before the visitor converts the array
     if (!array.ok()) return array.status();
-    inflated = std::string();  // free it before the visitor converts the array
     absl::Status status = visit(name, *std::move(array));
     if (!status.ok()) return status;
   }

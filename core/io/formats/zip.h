@@ -1,9 +1,13 @@
-// The zip container under .npz, private to gd_formats: a reader (stored and deflated members,
-// ZIP64) that validates every offset and size against the archive, and a writer of stored members
-// in np.savez's exact layout. Knows nothing of .npy: members are bytes.
+// The zip container under .npz, private to gd_formats. Knows nothing of .npy: members are bytes.
+//
+// Reading is libzip's (an archive held in memory, stored and deflated members, ZIP64, CRC-32s
+// checked), behind the limits below, which are ours: .npz files come from outside (training data,
+// noise inputs). Writing is a stored-member writer of a few lines in np.savez's exact layout, which
+// streams member by member to a file; libzip's writer assembles archives in its own layout.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,34 +16,55 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
+struct zip;
+
 namespace gd::formats::internal {
+
+// Limits of the reader. A member is refused, before anything is allocated for it, when its
+// directory entry claims an uncompressed size above kMaxDeflateRatio times its compressed size
+// plus kDeflateSlackBytes: deflate cannot expand more than ~1032:1, so only a forged entry (a zip
+// bomb's) claims more. What a member really inflates to is read up to its claimed size and no
+// further. Only stored (0) and deflated (8) members are read: other methods and encryption are
+// refused by name, so that no other decompressor ever sees outside bytes.
+inline constexpr uint64_t kMaxDeflateRatio = 1100;
+inline constexpr uint64_t kDeflateSlackBytes = 1024;
+// The largest member read, whatever the ratio: a real deflate stream of zeros reaches ~1032:1, so a
+// 100 MB archive could ask for 100 GB. 16 GiB holds the reference's largest sample dumps (50,000
+// images of 256 x 256 x 3 bytes, 9.8 GB). Memory grows as data arrives, not by the claim.
+inline constexpr uint64_t kMaxMemberBytes = uint64_t{16} << 30;
 
 uint32_t Crc32(absl::string_view bytes);
 
 struct ZipMember {
   std::string name;
   uint16_t method = 0;  // 0 stored, 8 deflated (the only two accepted)
-  uint32_t crc = 0;
   uint64_t compressed_size = 0;
   uint64_t size = 0;
-  uint64_t local_header_offset = 0;
 };
 
-struct ZipDirectory {
-  std::vector<ZipMember> members;         // in archive order
-  uint64_t central_directory_offset = 0;  // member data must end before it
+// An archive over borrowed bytes, which must outlive it. Move-only.
+class ZipReader {
+ public:
+  // Reads the central directory: its members, in archive order. Errors say
+  // "<what>: not a valid zip archive: <why>", or name the member that breaks a limit above.
+  static absl::StatusOr<ZipReader> Open(absl::string_view archive, absl::string_view what);
+
+  const std::vector<ZipMember>& members() const { return members_; }
+
+  // The bytes of members()[index], inflated if deflated, their CRC-32 checked. Errors are prefixed
+  // with `what`, which should name the member.
+  absl::StatusOr<std::string> Read(size_t index, absl::string_view what) const;
+
+ private:
+  struct Discard {
+    void operator()(zip* archive) const;
+  };
+  ZipReader(std::unique_ptr<zip, Discard> archive, std::vector<ZipMember> members)
+      : archive_(std::move(archive)), members_(std::move(members)) {}
+
+  std::unique_ptr<zip, Discard> archive_;
+  std::vector<ZipMember> members_;
 };
-
-// Reads the central directory. Errors say "<what>: not a valid zip archive: <why>".
-absl::StatusOr<ZipDirectory> ReadZipDirectory(absl::string_view archive, absl::string_view what);
-
-// The bytes of `member` of `archive`: a view into `archive` if stored, else inflated into
-// `*inflated` (sized from the directory, refused if deflate cannot expand that much); its CRC-32
-// checked. Errors are prefixed with `what`, which should name the member.
-absl::StatusOr<absl::string_view> ReadZipMember(absl::string_view archive,
-                                                const ZipDirectory& directory,
-                                                const ZipMember& member, absl::string_view what,
-                                                std::string* inflated);
 
 // Builds a stored (uncompressed) archive in np.savez's layout (Python's zipfile with
 // force_zip64=True): members dated 1980-01-01, a ZIP64 extra in each local header, plain central
