@@ -168,9 +168,10 @@ TEST(HttpServerTest, ASlowLorisClientIsCutOffAndDoesNotBlockOthers) {
   EchoServer echo(options);
   const int port = echo.port();
   const auto start = Clock::now();
-  // 60 s worth of bytes at 20 per second.
-  SlowClient slow(port, RequestText("GET", "/slow", port, "", "", std::string(1200, 'x')),
-                  milliseconds(50));
+  // The request line at once, then 60 s worth of header bytes at 20 per second.
+  const std::string trickled = "X-Slow: " + std::string(1200, 'x') + "\r\n\r\n";
+  SlowClient slow(port, absl::StrCat("GET /slow HTTP/1.1\r\nHost: 127.0.0.1:", port, "\r\n"),
+                  trickled, milliseconds(50));
   for (int i = 0; i < 3; ++i) {
     const auto asked = Clock::now();
     EXPECT_EQ(Get(port, "/other").status, 200);
@@ -179,6 +180,20 @@ TEST(HttpServerTest, ASlowLorisClientIsCutOffAndDoesNotBlockOthers) {
   ASSERT_TRUE(slow.WaitForEnd(std::chrono::seconds(30)));
   EXPECT_EQ(slow.reply().status, 408);
   EXPECT_THAT(slow.reply().body, HasSubstr("did not arrive within 2000 ms"));
+  EXPECT_LT(slow.sent(), static_cast<int>(trickled.size()));
+  EXPECT_LT(SecondsSince(start), 30.0);
+}
+
+// The same from the first byte: the request line itself trickles. cpp-httplib answers nothing
+// before it has a request line, so the connection is closed unanswered at the deadline.
+TEST(HttpServerTest, ASlowRequestLineIsClosedAtTheDeadline) {
+  ServerOptions options;
+  options.request_timeout = milliseconds(1'000);
+  EchoServer echo(options);
+  const auto start = Clock::now();
+  SlowClient slow(echo.port(), "", std::string(1200, 'G'), milliseconds(50));
+  ASSERT_TRUE(slow.WaitForEnd(std::chrono::seconds(30)));
+  EXPECT_EQ(slow.reply().status, 0);
   EXPECT_LT(slow.sent(), 1200);
   EXPECT_LT(SecondsSince(start), 30.0);
 }
@@ -211,8 +226,7 @@ TEST(HttpServerTest, StopDoesNotWaitForSlowClients) {
   options.request_timeout = milliseconds(60'000);
   EchoServer echo(options);
   const int port = echo.port();
-  SlowClient slow(port, RequestText("GET", "/slow", port, "", "", std::string(1200, 'x')),
-                  milliseconds(50));
+  SlowClient slow(port, "GET /slow HTTP/1.1\r\n", std::string(1200, 'x'), milliseconds(50));
   const std::vector<int> idle = OpenIdleConnections(port, 3);
   while (slow.sent() < 5) std::this_thread::sleep_for(milliseconds(10));
   const auto stopping = Clock::now();

@@ -118,11 +118,13 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-SlowClient::SlowClient(int port, std::string request, std::chrono::milliseconds interval)
-    : request_(std::move(request)), interval_(interval) {
+SlowClient::SlowClient(int port, std::string at_once, std::string trickled,
+                       std::chrono::milliseconds interval)
+    : trickled_(std::move(trickled)), interval_(interval) {
   const int fd = ConnectTo(port);
-  if (fd < 0) {
-    ADD_FAILURE() << "cannot connect to port " << port;
+  if (fd < 0 || !SendAll(fd, at_once)) {
+    ADD_FAILURE() << "cannot connect and send to port " << port;
+    if (fd >= 0) close(fd);
     ended_ = true;
     return;
   }
@@ -141,7 +143,7 @@ SlowClient::~SlowClient() {
 void SlowClient::Run(int fd) {
   std::string received;
   bool closed_by_server = false;
-  for (size_t i = 0; i < request_.size() && !closed_by_server; ++i) {
+  for (size_t i = 0; i < trickled_.size() && !closed_by_server; ++i) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (changed_.wait_for(lock, interval_, [this] { return stop_; })) break;
@@ -150,7 +152,7 @@ void SlowClient::Run(int fd) {
     pollfd ready{fd, POLLIN, 0};
     if (poll(&ready, 1, 0) > 0 && !ReadSome(fd, &received, 0)) closed_by_server = true;
     if (!received.empty() || closed_by_server) break;
-    if (!SendAll(fd, absl::string_view(request_).substr(i, 1))) break;
+    if (!SendAll(fd, absl::string_view(trickled_).substr(i, 1))) break;
     std::lock_guard<std::mutex> lock(mu_);
     ++sent_;
   }

@@ -42,12 +42,13 @@ Reply Get(int port, absl::string_view path);
 // Seconds since `start`.
 double SecondsSince(std::chrono::steady_clock::time_point start);
 
-// A slow-loris client: on a thread of its own, sends `request` one byte every `interval` until
-// all of it is sent, the server closes the connection, or the client is destroyed; then reads
-// whatever answer the server gave.
+// A slow-loris client: sends `at_once` (say the request line), then, on a thread of its own,
+// `trickled` one byte every `interval` until all of it is sent, the server closes the
+// connection, or the client is destroyed; then reads whatever answer the server gave.
 class SlowClient {
  public:
-  SlowClient(int port, std::string request, std::chrono::milliseconds interval);
+  SlowClient(int port, std::string at_once, std::string trickled,
+             std::chrono::milliseconds interval);
   ~SlowClient();
   SlowClient(const SlowClient&) = delete;
   SlowClient& operator=(const SlowClient&) = delete;
@@ -55,7 +56,7 @@ class SlowClient {
   // Waits up to `timeout` for the exchange to end (the server closed the connection, or all was
   // sent and answered); false when it is still going.
   bool WaitForEnd(std::chrono::milliseconds timeout);
-  // Bytes sent so far.
+  // Bytes of `trickled` sent so far.
   int sent() const;
   // The answer, once WaitForEnd has returned true.
   Reply reply() const;
@@ -63,7 +64,7 @@ class SlowClient {
  private:
   void Run(int fd);
 
-  const std::string request_;
+  const std::string trickled_;
   const std::chrono::milliseconds interval_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
