@@ -71,11 +71,6 @@ std::string Describe(const v1::SampleRequest& request) {
                          request.classifier_scale(), request.seed());
 }
 
-// `host_and_port` ("127.0.0.1:8080", "[::1]:8080") in lower case, as Host headers are compared.
-std::string HostKey(absl::string_view host_and_port) {
-  return absl::AsciiStrToLower(host_and_port);
-}
-
 }  // namespace
 
 http::ServerOptions ViewHttpOptions() {
@@ -141,21 +136,22 @@ bool ViewServer::stopping() {
 // sends it) or a loopback name. Origin then tells a page of the viewer from any other page; a
 // browser sends it on every POST, so a POST without one is not the page's.
 absl::Status ViewServer::CheckCaller(const http::Request& request) const {
-  const int port = http_->port();
-  const std::string host = HostKey(request.Header("host"));
+  const int port = request.local_port;  // the viewer's
+  const std::string host = absl::AsciiStrToLower(request.Header("host"));
   bool known_host = false;
   for (const std::string& own :
        {options_.listen.host, request.local_address, std::string("localhost"),
         std::string("127.0.0.1"), std::string("[::1]")}) {
-    if (!own.empty() && host == HostKey(absl::StrCat(own, ":", port))) known_host = true;
+    if (!own.empty() && host == absl::StrCat(own, ":", port)) known_host = true;
   }
   if (!known_host) {
     return absl::PermissionDeniedError(
-        absl::StrCat("Host \"", request.Header("host"), "\" is not this viewer: open ", url(),
-                     " (or localhost:", port, "); a page of another site cannot use it"));
+        absl::StrCat("Host \"", request.Header("host"), "\" is not this viewer: open http://",
+                     request.local_address, ":", port, "/ (or localhost:", port,
+                     "); a page of another site cannot use it"));
   }
   const std::string origin = request.Header("origin");
-  if (!origin.empty() && HostKey(origin) != absl::StrCat("http://", host)) {
+  if (!origin.empty() && absl::AsciiStrToLower(origin) != absl::StrCat("http://", host)) {
     return absl::PermissionDeniedError(
         absl::StrCat("requests from ", origin, " are refused: open the page this server serves"));
   }

@@ -85,6 +85,7 @@ Request ToRequest(const httplib::Request& from) {
   }
   request.body = from.body;
   request.local_address = from.local_addr;
+  request.local_port = from.local_port;
   request.remote_address = from.remote_addr;
   return request;
 }

@@ -40,6 +40,7 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> headers;  // names in lower case
   std::string body;
   std::string local_address;  // the address of this machine the request arrived on
+  int local_port = 0;         // and its port: the server's
   std::string remote_address;
 
   // The first header of that name (any case), or "".
