@@ -234,7 +234,7 @@ class Server::Engine final : public httplib::Server {
       return ExplainError(response);
     }));
     set_exception_handler(
-        [](const httplib::Request&, httplib::Response& response, std::exception_ptr error) {
+        [](const httplib::Request&, httplib::Response& response, const std::exception_ptr& error) {
           response.status = 500;
           response.set_content(absl::StrCat("internal error: ", Describe(error), "\n"), kText);
         });
@@ -342,7 +342,7 @@ class Server::Engine final : public httplib::Server {
 };
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ListenAddress& address, Handler handler,
-                                                      ServerOptions options) {
+                                                      const ServerOptions& options) {
   if (absl::Status status = CheckOptions(options); !status.ok()) return status;
   std::unique_ptr<Server> server(new Server());
   server->engine_ = std::make_unique<Engine>(std::move(handler), options);

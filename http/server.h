@@ -114,7 +114,8 @@ class Server {
   // range; UNAVAILABLE when the address cannot be bound (in use, not this machine's), naming it
   // and the OS's reason.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ListenAddress& address,
-                                                       Handler handler, ServerOptions options);
+                                                       Handler handler,
+                                                       const ServerOptions& options);
   ~Server();  // Stop()
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

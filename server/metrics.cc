@@ -257,7 +257,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       [self](const http::Request& request, http::Response& response) {
         self->Handle(request, response);
       },
-      std::move(options));
+      options);
   if (!http.ok()) return http.status();
   server->http_ = *std::move(http);
   return server;

@@ -118,7 +118,7 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-SlowClient::SlowClient(int port, std::string at_once, std::string trickled,
+SlowClient::SlowClient(int port, absl::string_view at_once, std::string trickled,
                        std::chrono::milliseconds interval)
     : trickled_(std::move(trickled)), interval_(interval) {
   const int fd = ConnectTo(port);

@@ -47,7 +47,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start);
 // connection, or the client is destroyed; then reads whatever answer the server gave.
 class SlowClient {
  public:
-  SlowClient(int port, std::string at_once, std::string trickled,
+  SlowClient(int port, absl::string_view at_once, std::string trickled,
              std::chrono::milliseconds interval);
   ~SlowClient();
   SlowClient(const SlowClient&) = delete;
