@@ -30,13 +30,14 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGD_BUILD_TESTS=OFF
 FROM ${DEBIAN_RUNTIME_IMAGE} AS runtime
 # The runtime packages of the -dev packages gd-server and gd link against (readelf NEEDED, mapped
 # with dpkg -S on Debian 12). libopenblas0-openmp is named so that LibTorch's BLAS is OpenBLAS,
-# as in CI, not the reference libblas3. tini is PID 1: it forwards SIGTERM to gd-server (whose
-# drain depends on receiving it) and reaps zombies.
+# as in CI, not the reference libblas3. libcpp-httplib0.11 is gd_http's HTTP library (the metrics
+# endpoint, gd view; it brings libssl3 and libbrotli1, which it links). tini is PID 1: it
+# forwards SIGTERM to gd-server (whose drain depends on receiving it) and reaps zombies.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-openmp \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
-      libspdlog1.10 libfmt9 libpng16-16 zlib1g libzip4 libgif7 \
+      libspdlog1.10 libfmt9 libpng16-16 zlib1g libzip4 libgif7 libcpp-httplib0.11 \
       tini \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/bin/gd-server /src/build/bin/gd /usr/local/bin/

@@ -20,53 +20,82 @@ namespace {
 namespace v1 = ::guided_diffusion::v1;
 
 constexpr char kJson[] = "application/json";
-constexpr char kNoStore[] = "Cache-Control: no-store";
+const http::Headers& NoStore() {
+  static const http::Headers headers = {{"Cache-Control", "no-store"}};
+  return headers;
+}
 // Only what the page itself is made of: its inline script and style, images it got as data: URLs
 // or from this server, requests to this server.
-constexpr char kPagePolicy[] =
-    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
-    "style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'";
-
-void SendJson(HttpResponse& response, int status, absl::string_view json) {
-  response.Send(status, kJson, json, {kNoStore});
+const http::Headers& PageHeaders() {
+  static const http::Headers headers = {
+      {"Cache-Control", "no-store"},
+      {"Content-Security-Policy",
+       "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+       "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'"}};
+  return headers;
 }
 
-void SendError(HttpResponse& response, int status, const absl::Status& error) {
+void SendJson(http::Response& response, int status, absl::string_view json) {
+  response.Send(status, kJson, json, NoStore());
+}
+
+void SendError(http::Response& response, int status, const absl::Status& error) {
   SendJson(response, status, StatusJson(error));
 }
 
-// The query parameter `name`'s value, or "" (values here are plain numbers: no decoding).
-std::string QueryValue(absl::string_view query, absl::string_view name) {
-  for (absl::string_view pair : absl::StrSplit(query, '&')) {
-    std::pair<absl::string_view, absl::string_view> kv =
-        absl::StrSplit(pair, absl::MaxSplits('=', 1));
-    if (kv.first == name) return std::string(kv.second);
+// The sampler as the log and the page name it.
+std::string SamplerName(const v1::SampleRequest& request) {
+  switch (request.sampler()) {
+    case v1::SAMPLER_KIND_DDIM:
+      return "ddim";
+    case v1::SAMPLER_KIND_DPM_SOLVER_PP:
+      return absl::StrFormat("dpm++ order %d", request.solver_order() == 0
+                                                   ? 2
+                                                   : static_cast<int>(request.solver_order()));
+    default:
+      return "ddpm";
   }
-  return "";
 }
 
 // A request in one line for the log: model "m", 2 images, ddim, steps "ddim25", scale 3, seed 7.
 std::string Describe(const v1::SampleRequest& request) {
   const int images =
       request.labels_size() > 0 ? request.labels_size() : static_cast<int>(request.num_samples());
-  return absl::StrFormat("model \"%s\", %d image%s, %s, steps \"%s\", scale %g, seed %d",
+  const std::string steps = request.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP
+                                ? absl::StrCat(request.steps())
+                                : absl::StrCat("\"", request.timestep_respacing(), "\"");
+  return absl::StrFormat("model \"%s\", %d image%s, %s, steps %s, scale %g, seed %d",
                          request.model().empty() ? "(default)" : request.model(), images,
-                         images == 1 ? "" : "s",
-                         request.sampler() == v1::SAMPLER_KIND_DDIM ? "ddim" : "ddpm",
-                         request.timestep_respacing(), request.classifier_scale(), request.seed());
+                         images == 1 ? "" : "s", SamplerName(request), steps,
+                         request.classifier_scale(), request.seed());
 }
 
 }  // namespace
+
+http::ServerOptions ViewHttpOptions() {
+  http::ServerOptions options;
+  options.name = "gd view";
+  options.threads = 32;
+  options.max_queued_connections = 64;
+  options.read_timeout = std::chrono::milliseconds(5'000);
+  options.request_timeout = std::chrono::milliseconds(10'000);
+  options.write_timeout = std::chrono::milliseconds(30'000);
+  options.max_head_bytes = 16 << 10;
+  options.max_body_bytes = 8 << 20;
+  return options;
+}
 
 absl::StatusOr<std::unique_ptr<ViewServer>> ViewServer::Start(SamplerClient& client,
                                                               ViewServerOptions options) {
   std::unique_ptr<ViewServer> server(new ViewServer(client, std::move(options)));
   ViewServer* self = server.get();
-  absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
-      self->options_.listen, [self](const HttpRequest& request, HttpResponse& response) {
+  absl::StatusOr<std::unique_ptr<http::Server>> http = http::Server::Start(
+      self->options_.listen,
+      [self](const http::Request& request, http::Response& response) {
         self->Handle(request, response);
-      });
+      },
+      self->options_.http);
   if (!http.ok()) return http.status();
   server->http_ = *std::move(http);
   server->janitor_ = std::thread([self] { self->Janitor(); });
@@ -101,23 +130,49 @@ bool ViewServer::stopping() {
   return stopping_;
 }
 
-void ViewServer::Handle(const HttpRequest& request, HttpResponse& response) {
+// DNS rebinding: a page of another site whose name is made to resolve to this machine reaches the
+// viewer from the browser as same-origin, with its own name in Host. So Host must be one of the
+// viewer's own addresses (the one the request arrived on, as a browser pointed at that address
+// sends it) or a loopback name. Origin then tells a page of the viewer from any other page; a
+// browser sends it on every POST, so a POST without one is not the page's.
+absl::Status ViewServer::CheckCaller(const http::Request& request) const {
+  const int port = request.local_port;  // the viewer's
+  const std::string host = absl::AsciiStrToLower(request.Header("host"));
+  bool known_host = false;
+  for (const std::string& own :
+       {options_.listen.host, request.local_address, std::string("localhost"),
+        std::string("127.0.0.1"), std::string("[::1]")}) {
+    if (!own.empty() && host == absl::StrCat(own, ":", port)) known_host = true;
+  }
+  if (!known_host) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("Host \"", request.Header("host"), "\" is not this viewer: open http://",
+                     request.local_address, ":", port, "/ (or localhost:", port,
+                     "); a page of another site cannot use it"));
+  }
+  const std::string origin = request.Header("origin");
+  if (!origin.empty() && absl::AsciiStrToLower(origin) != absl::StrCat("http://", host)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("requests from ", origin, " are refused: open the page this server serves"));
+  }
+  if (origin.empty() && request.method != "GET" && request.method != "HEAD") {
+    return absl::PermissionDeniedError(
+        absl::StrCat("a ", request.method, " without an Origin header is refused: send it from ",
+                     "the page this server serves (browsers add Origin)"));
+  }
+  return absl::OkStatus();
+}
+
+void ViewServer::Handle(const http::Request& request, http::Response& response) {
+  if (absl::Status caller = CheckCaller(request); !caller.ok()) {
+    return SendError(response, 403, caller);
+  }
   const bool get = request.method == "GET";
   const bool post = request.method == "POST";
-  if (post) {
-    // A browser names the page that sends a POST; one from elsewhere must not start work here.
-    const std::string origin = request.Header("origin");
-    if (!origin.empty() && origin != absl::StrCat("http://", request.Header("host"))) {
-      SendError(response, 403,
-                absl::PermissionDeniedError(absl::StrCat(
-                    "requests from ", origin, " are refused: open the page this server serves")));
-      return;
-    }
-  }
   const absl::string_view path = request.path;
   if (path == "/" || path == "/index.html") {
     if (!get) return SendError(response, 405, absl::InvalidArgumentError("GET the page"));
-    response.Send(200, "text/html; charset=utf-8", kViewPageHtml, {kNoStore, kPagePolicy});
+    response.Send(200, "text/html; charset=utf-8", kViewPageHtml, PageHeaders());
     return;
   }
   if (path == "/favicon.ico") return response.Send(204, "image/x-icon", "");
@@ -140,7 +195,7 @@ void ViewServer::Handle(const HttpRequest& request, HttpResponse& response) {
                                                         "\" (finished runs are kept for the ",
                                                         options_.max_kept_runs, " newest)")));
     }
-    if (parts.size() == 2 && parts[1] == "events" && get) return StreamEvents(*run, response);
+    if (parts.size() == 2 && parts[1] == "events" && get) return StreamEvents(run, response);
     if (parts.size() == 2 && parts[1] == "cancel" && post) {
       const bool cancelled = run->Cancel("cancelled from the page");
       if (options_.log && cancelled) absl::FPrintF(stderr, "gd view: run %s: cancel\n", run->id());
@@ -157,13 +212,13 @@ void ViewServer::Handle(const HttpRequest& request, HttpResponse& response) {
             absl::NotFoundError(absl::StrCat(request.method, " ", path, " is not served here")));
 }
 
-void ViewServer::ListModels(HttpResponse& response) {
+void ViewServer::ListModels(http::Response& response) {
   absl::StatusOr<v1::ListModelsResponse> models = client_.ListModels();
   if (!models.ok()) return SendError(response, 502, models.status());
   SendJson(response, 200, ToJson(*models));
 }
 
-void ViewServer::StartRun(const HttpRequest& request, HttpResponse& response) {
+void ViewServer::StartRun(const http::Request& request, http::Response& response) {
   const std::string type = absl::AsciiStrToLower(request.Header("content-type"));
   if (!absl::StartsWith(type, kJson)) {
     return SendError(response, 415,
@@ -227,27 +282,34 @@ void ViewServer::StartRun(const HttpRequest& request, HttpResponse& response) {
                         JsonQuote(absl::StrCat("/api/runs/", run->id(), "/events")), "}"));
 }
 
-void ViewServer::StreamEvents(ViewRun& run, HttpResponse& response) {
-  if (!response.StartStream(200, "text/event-stream; charset=utf-8")) return;
-  run.AddWatcher();
-  ViewRun::Cursor cursor;
-  auto last_write = ViewRun::Clock::now();
-  // Waits in slices of a second, so that a closed tab or a stopping server is noticed soon.
-  while (!cursor.end_sent && !stopping() && !response.PeerClosed()) {
-    const std::string text = run.NextMessages(&cursor, std::chrono::seconds(1));
-    const auto now = ViewRun::Clock::now();
-    if (!text.empty()) {
-      if (!response.Write(text)) break;
-      last_write = now;
-    } else if (now - last_write >= options_.heartbeat) {
-      if (!response.Write(": keep-alive\n\n")) break;
-      last_write = now;
-    }
-  }
-  run.RemoveWatcher();
+void ViewServer::StreamEvents(std::shared_ptr<ViewRun> run, http::Response& response) {
+  run->AddWatcher();
+  // What this watcher has had, and when it was last written to.
+  struct Watch {
+    ViewRun::Cursor cursor;
+    ViewRun::Clock::time_point last_write = ViewRun::Clock::now();
+  };
+  // Each call waits up to a second, so that a closed tab or a stopping server is noticed soon.
+  response.Stream(
+      200, "text/event-stream; charset=utf-8",
+      [this, run, watch = std::make_shared<Watch>()](http::StreamWriter& out) {
+        if (watch->cursor.end_sent || stopping() || out.PeerGone()) return false;
+        const std::string text = run->NextMessages(&watch->cursor, std::chrono::seconds(1));
+        const auto now = ViewRun::Clock::now();
+        if (!text.empty()) {
+          if (!out.Write(text)) return false;
+          watch->last_write = now;
+        } else if (now - watch->last_write >= options_.heartbeat) {
+          if (!out.Write(": keep-alive\n\n")) return false;
+          watch->last_write = now;
+        }
+        return !watch->cursor.end_sent;
+      },
+      [run] { run->RemoveWatcher(); }, NoStore());
 }
 
-void ViewServer::SendGrid(const ViewRun& run, const HttpRequest& request, HttpResponse& response) {
+void ViewServer::SendGrid(const ViewRun& run, const http::Request& request,
+                          http::Response& response) {
   const std::optional<v1::SampleResponse> result = run.result();
   if (!result.has_value()) {
     return SendError(response, 409,
@@ -268,7 +330,7 @@ void ViewServer::SendGrid(const ViewRun& run, const HttpRequest& request, HttpRe
   }
   if (images.empty()) return SendError(response, 502, absl::InternalError("the run has no PNGs"));
   int64_t columns = 0;
-  if (const std::string text = QueryValue(request.query, "columns");
+  if (const std::string text = request.Query("columns");
       !text.empty() && (!absl::SimpleAtoi(text, &columns) || columns < 1 || columns > 1000)) {
     return SendError(response, 400,
                      absl::InvalidArgumentError(
@@ -277,10 +339,10 @@ void ViewServer::SendGrid(const ViewRun& run, const HttpRequest& request, HttpRe
   absl::StatusOr<std::string> png = formats::EncodePng(
       formats::MakeGrid(images, GridColumns(static_cast<int64_t>(images.size()), columns)));
   if (!png.ok()) return SendError(response, 500, png.status());
-  response.Send(200, "image/png", *png, {kNoStore});
+  response.Send(200, "image/png", *png, NoStore());
 }
 
-void ViewServer::SendImage(const ViewRun& run, absl::string_view name, HttpResponse& response) {
+void ViewServer::SendImage(const ViewRun& run, absl::string_view name, http::Response& response) {
   const std::optional<v1::SampleResponse> result = run.result();
   int index = -1;
   if (!absl::ConsumeSuffix(&name, ".png") || !absl::SimpleAtoi(name, &index) || index < 0 ||
@@ -290,7 +352,7 @@ void ViewServer::SendImage(const ViewRun& run, absl::string_view name, HttpRespo
                          "run ", run.id(), " has ", result.has_value() ? result->png_size() : 0,
                          " final images; ask for images/K.png with K below that")));
   }
-  response.Send(200, "image/png", result->png(index), {kNoStore});
+  response.Send(200, "image/png", result->png(index), NoStore());
 }
 
 std::shared_ptr<ViewRun> ViewServer::FindRun(absl::string_view id) {

@@ -11,8 +11,10 @@
 //   GET  /api/runs/ID/images/K.png  final image K
 //
 // gRPC failures reach the page as {"code": "UNAVAILABLE", "code_number": 14, "message": ...}.
-// POSTs from another origin are refused (a page elsewhere must not start sampling with this
-// process's credentials); a run no page watches for `abandon_after` is cancelled.
+// Against other web sites (which must not start sampling with this process's credentials): a
+// request whose Host is not an address this viewer listens on (or localhost) is refused 403, so
+// is one whose Origin is another site's, and a POST without an Origin. A run no page watches for
+// `abandon_after` is cancelled.
 #pragma once
 
 #include <chrono>
@@ -26,16 +28,23 @@
 
 #include "absl/status/statusor.h"
 #include "client/gd_client.h"
-#include "client/http_server.h"
 #include "client/view_run.h"
+#include "http/server.h"
 
 namespace gd::client {
 
 // The page, embedded at build time from client/view_page.html.
 extern const char kViewPageHtml[];
 
+// The viewer's HTTP limits (docs/viewer.md): 32 connections served at once (each event stream
+// holds one), 64 more queued, 5 s between request bytes, 10 s for a whole request, 30 s for the
+// browser to take a write, 16 KiB of head (cookies of other localhost apps count), 8 MiB of body
+// (a SampleRequest with its starting noise).
+http::ServerOptions ViewHttpOptions();
+
 struct ViewServerOptions {
-  ListenAddress listen{"127.0.0.1", 8080};
+  http::ListenAddress listen{"127.0.0.1", 8080};
+  http::ServerOptions http = ViewHttpOptions();
   // A running run that no page has watched for this long is cancelled (a closed tab).
   std::chrono::milliseconds abandon_after{30'000};
   int max_active_runs = 8;  // running at once; more: 429 RESOURCE_EXHAUSTED
@@ -63,12 +72,14 @@ class ViewServer {
   ViewServer(SamplerClient& client, ViewServerOptions options)
       : client_(client), options_(std::move(options)) {}
 
-  void Handle(const HttpRequest& request, HttpResponse& response);
-  void ListModels(HttpResponse& response);
-  void StartRun(const HttpRequest& request, HttpResponse& response);
-  void StreamEvents(ViewRun& run, HttpResponse& response);
-  void SendGrid(const ViewRun& run, const HttpRequest& request, HttpResponse& response);
-  void SendImage(const ViewRun& run, absl::string_view name, HttpResponse& response);
+  void Handle(const http::Request& request, http::Response& response);
+  // OK, or why the request is refused 403: a foreign Host or Origin (see the top of this file).
+  absl::Status CheckCaller(const http::Request& request) const;
+  void ListModels(http::Response& response);
+  void StartRun(const http::Request& request, http::Response& response);
+  void StreamEvents(std::shared_ptr<ViewRun> run, http::Response& response);
+  void SendGrid(const ViewRun& run, const http::Request& request, http::Response& response);
+  void SendImage(const ViewRun& run, absl::string_view name, http::Response& response);
   std::shared_ptr<ViewRun> FindRun(absl::string_view id);
   // Cancels abandoned runs, until the server stops.
   void Janitor();
@@ -82,7 +93,7 @@ class ViewServer {
   std::vector<std::shared_ptr<ViewRun>> runs_;  // oldest first; guarded by mu_
   uint64_t next_run_number_ = 1;                // guarded by mu_
   std::thread janitor_;
-  std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<http::Server> http_;
 };
 
 }  // namespace gd::client

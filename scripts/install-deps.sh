@@ -8,6 +8,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libcpp-httplib-dev
   libgtest-dev libgmock-dev
   libpng-dev zlib1g-dev libzip-dev libgif-dev
   dataset-fashion-mnist

@@ -1,14 +1,9 @@
 #include "server/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -28,6 +23,13 @@ const std::vector<double>& LatencyBounds() {
                                              10,   30,  60,   120, 300, 600};
   return bounds;
 }
+
+const std::vector<double>& BatchSizeBounds() {
+  static const std::vector<double> bounds = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  return bounds;
+}
+
+constexpr char kText[] = "text/plain; charset=utf-8";
 
 std::string Escape(const std::string& value) {
   std::string out;
@@ -64,8 +66,8 @@ struct DeviceMemory {
 std::optional<DeviceMemory> CudaMemory(int index) {
 #if GD_CUDA_MEMORY_STATS
   // Index 0 of each StatArray is the aggregate over pool types, in every LibTorch version.
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
-      static_cast<c10::DeviceIndex>(index));
+  const auto stats =
+      c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
   return DeviceMemory{static_cast<int64_t>(stats.allocated_bytes[0].current),
                       static_cast<int64_t>(stats.reserved_bytes[0].current)};
 #else
@@ -79,16 +81,29 @@ std::optional<DeviceMemory> CudaMemory(int index) {
 Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
 
-void Histogram::Observe(double value) {
-  const size_t bucket = static_cast<size_t>(
-      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
-  ++counts_[bucket];
-  sum_ += value;
-  ++count_;
+Histogram Histogram::FromBucketCounts(std::vector<double> bounds, std::vector<int64_t> counts,
+                                      double sum) {
+  Histogram histogram(std::move(bounds));
+  for (size_t i = 0; i < counts.size() && i < histogram.counts_.size(); ++i) {
+    histogram.counts_[i] = counts[i];
+    histogram.count_ += counts[i];
+  }
+  histogram.sum_ = sum;
+  return histogram;
 }
 
-void Histogram::Render(const std::string& name, const std::string& labels,
-                       std::string* out) const {
+size_t Histogram::BucketOf(const std::vector<double>& bounds, double value) {
+  return static_cast<size_t>(std::lower_bound(bounds.begin(), bounds.end(), value) -
+                             bounds.begin());
+}
+
+void Histogram::Observe(double value, int64_t times) {
+  counts_[BucketOf(bounds_, value)] += times;
+  sum_ += value * static_cast<double>(times);
+  count_ += times;
+}
+
+void Histogram::Render(const std::string& name, const std::string& labels, std::string* out) const {
   const std::string sep = labels.empty() ? "" : ",";
   int64_t cumulative = 0;
   for (size_t i = 0; i < bounds_.size(); ++i) {
@@ -100,14 +115,22 @@ void Histogram::Render(const std::string& name, const std::string& labels,
   absl::StrAppend(out, name, "_bucket{", labels, sep, "le=\"+Inf\"} ", cumulative, "\n");
   absl::StrAppend(out, name, "_sum", labels.empty() ? "" : "{" + labels + "}", " ", Number(sum_),
                   "\n");
-  absl::StrAppend(out, name, "_count", labels.empty() ? "" : "{" + labels + "}", " ", count_,
-                  "\n");
+  absl::StrAppend(out, name, "_count", labels.empty() ? "" : "{" + labels + "}", " ", count_, "\n");
+}
+
+Histogram BatchSizeHistogram(const EngineStats& stats) {
+  Histogram histogram(BatchSizeBounds());
+  for (size_t batch = 1; batch < stats.batch_size_counts.size(); ++batch) {
+    if (stats.batch_size_counts[batch] > 0) {
+      histogram.Observe(static_cast<double>(batch), stats.batch_size_counts[batch]);
+    }
+  }
+  return histogram;
 }
 
 Metrics::Metrics(std::shared_ptr<ModelRegistry> registry) : registry_(std::move(registry)) {
-  start_time_ = std::chrono::duration<double>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
+  start_time_ =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 void Metrics::RequestFinished(const RequestRecord& r) {
@@ -158,29 +181,17 @@ std::string Metrics::Render() const {
   }
   Header(&out, "gd_batch_size", "histogram", "Images per UNet forward.");
   for (const auto& e : engines) {
-    const EngineStats s = e->stats();
-    Histogram h({1, 2, 4, 8, 16, 32, 64, 128, 256});
-    for (size_t b = 1; b < s.batch_size_counts.size(); ++b) {
-      for (int64_t k = 0; k < s.batch_size_counts[b]; ++k) h.Observe(static_cast<double>(b));
-    }
-    h.Render("gd_batch_size", absl::StrCat("model=\"", Escape(e->bundle().name), "\""), &out);
+    BatchSizeHistogram(e->stats())
+        .Render("gd_batch_size", absl::StrCat("model=\"", Escape(e->bundle().name), "\""), &out);
   }
   Header(&out, "gd_unet_step_seconds", "histogram",
          "Duration of one engine iteration (UNet forward, guidance and update).");
   for (const auto& e : engines) {
     const EngineStats s = e->stats();
-    const auto& bounds = EngineStats::StepSecondsBounds();
-    const std::string labels = absl::StrCat("model=\"", Escape(e->bundle().name), "\"");
-    int64_t cumulative = 0;
-    for (size_t i = 0; i < bounds.size(); ++i) {
-      cumulative += s.step_seconds_buckets[i];
-      absl::StrAppend(&out, "gd_unet_step_seconds_bucket{", labels, ",le=\"", Number(bounds[i]),
-                      "\"} ", cumulative, "\n");
-    }
-    cumulative += s.step_seconds_buckets.back();
-    absl::StrAppend(&out, "gd_unet_step_seconds_bucket{", labels, ",le=\"+Inf\"} ", cumulative,
-                    "\n", "gd_unet_step_seconds_sum{", labels, "} ", Number(s.step_seconds), "\n",
-                    "gd_unet_step_seconds_count{", labels, "} ", s.iterations, "\n");
+    Histogram::FromBucketCounts(EngineStats::StepSecondsBounds(), s.step_seconds_buckets,
+                                s.step_seconds)
+        .Render("gd_unet_step_seconds", absl::StrCat("model=\"", Escape(e->bundle().name), "\""),
+                &out);
   }
   Header(&out, "gd_request_duration_seconds", "histogram",
          "Time from a request's arrival to its completion.");
@@ -222,95 +233,49 @@ std::string Metrics::Render() const {
   return out;
 }
 
+http::ServerOptions MetricsHttpOptions() {
+  http::ServerOptions options;
+  options.name = "metrics";
+  options.threads = 8;
+  options.max_queued_connections = 32;
+  options.read_timeout = std::chrono::milliseconds(2'000);
+  options.request_timeout = std::chrono::milliseconds(5'000);
+  options.write_timeout = std::chrono::milliseconds(5'000);
+  options.max_head_bytes = 8 << 10;
+  options.max_body_bytes = 4 << 10;
+  return options;
+}
+
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& host, int port, std::function<std::string()> metrics,
-    std::function<bool()> ready) {
-  std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
-  server->metrics_ = std::move(metrics);
-  server->ready_ = std::move(ready);
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError("metrics: cannot create a socket");
-  const int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-    close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("metrics: \"", host, "\" is not an IPv4 address"));
-  }
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 16) != 0) {
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("metrics: cannot listen on ", host, ":", port, ": ", std::strerror(errno)));
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  server->listen_fd_ = fd;
-  server->port_ = ntohs(addr.sin_port);
-  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+    std::function<bool()> ready, http::ServerOptions options) {
+  std::unique_ptr<MetricsHttpServer> server(
+      new MetricsHttpServer(std::move(metrics), std::move(ready)));
+  const MetricsHttpServer* self = server.get();
+  absl::StatusOr<std::unique_ptr<http::Server>> http = http::Server::Start(
+      {host, port},
+      [self](const http::Request& request, http::Response& response) {
+        self->Handle(request, response);
+      },
+      options);
+  if (!http.ok()) return http.status();
+  server->http_ = *std::move(http);
   return server;
 }
 
-MetricsHttpServer::~MetricsHttpServer() {
-  stopping_ = true;
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-}
-
-void MetricsHttpServer::Serve() {
-  while (!stopping_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, 200) <= 0) continue;
-    const int conn = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;
-    // Read the request head (bounded; 2 s to arrive).
-    std::string head;
-    char buffer[2048];
-    while (head.find("\r\n\r\n") == std::string::npos && head.size() < 16384) {
-      pollfd c{conn, POLLIN, 0};
-      if (poll(&c, 1, 2000) <= 0) break;
-      const ssize_t n = read(conn, buffer, sizeof(buffer));
-      if (n <= 0) break;
-      head.append(buffer, static_cast<size_t>(n));
-    }
-    std::string path = "/";
-    const size_t sp1 = head.find(' ');
-    const size_t sp2 = sp1 == std::string::npos ? sp1 : head.find(' ', sp1 + 1);
-    const bool get = head.rfind("GET ", 0) == 0;
-    if (sp2 != std::string::npos) path = head.substr(sp1 + 1, sp2 - sp1 - 1);
-    if (const size_t q = path.find('?'); q != std::string::npos) path.resize(q);
-    int code = 200;
-    std::string body, type = "text/plain; charset=utf-8";
-    if (!get) {
-      code = 405;
-      body = "only GET\n";
-    } else if (path == "/metrics") {
-      body = metrics_();
-      type = "text/plain; version=0.0.4; charset=utf-8";
-    } else if (path == "/healthz") {
-      body = "ok\n";
-    } else if (path == "/readyz") {
-      const bool ready = ready_();
-      code = ready ? 200 : 503;
-      body = ready ? "ready\n" : "not ready\n";
-    } else {
-      code = 404;
-      body = "not found: /metrics, /healthz, /readyz\n";
-    }
-    const char* reason = code == 200 ? "OK" : code == 503 ? "Service Unavailable"
-                                          : code == 404 ? "Not Found" : "Method Not Allowed";
-    const std::string response =
-        absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
-                     "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body);
-    size_t sent = 0;
-    while (sent < response.size()) {
-      const ssize_t n = send(conn, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += static_cast<size_t>(n);
-    }
-    close(conn);
+void MetricsHttpServer::Handle(const http::Request& request, http::Response& response) const {
+  if (request.method != "GET" && request.method != "HEAD") {
+    return response.Send(405, kText, "only GET and HEAD\n", {{"Allow", "GET, HEAD"}});
   }
+  if (request.path == "/metrics") {
+    return response.Send(200, "text/plain; version=0.0.4; charset=utf-8", metrics_());
+  }
+  if (request.path == "/healthz") return response.Send(200, kText, "ok\n");
+  if (request.path == "/readyz") {
+    const bool ready = ready_();
+    return response.Send(ready ? 200 : 503, kText, ready ? "ready\n" : "not ready\n");
+  }
+  response.Send(404, kText, "not found: /metrics, /healthz, /readyz\n");
 }
 
 }  // namespace gd::server

@@ -1,16 +1,13 @@
-// Tests of `gd view`'s bridge (client/view_server.h, view_run.h, http_server.h) against the fake
-// Sampler: the page, /api/models, runs started by POST /api/sample and followed as server-sent
-// events, cancellation (from the page, and of runs nobody watches), downloads, refusals, and the
-// `gd view` command itself as a subprocess. The browser side is tests/viewer/.
+// Tests of `gd view`'s bridge (client/view_server.h, view_run.h) against the fake Sampler: the
+// page, /api/models, runs started by POST /api/sample and followed as server-sent events,
+// cancellation (from the page, and of runs nobody watches), downloads, refusals (other sites:
+// foreign Host or Origin, POSTs without Origin), and the `gd view` command itself as a
+// subprocess. The HTTP server underneath is tests/http/'s; the browser side is tests/viewer/.
 #include "client/view_server.h"
 
-#include <arpa/inet.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -27,9 +24,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/http_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "http/server.h"
+#include "tests/http/raw_client.h"
 #include "tests/service/cli_runner.h"
 #include "tests/service/fake_sampler.h"
 
@@ -37,95 +35,17 @@ namespace gd::client {
 namespace {
 
 namespace v1 = ::guided_diffusion::v1;
+using ::gd::http::testing::ConnectTo;
+using ::gd::http::testing::Exchange;
+using ::gd::http::testing::ReadSome;
+using ::gd::http::testing::Reply;
+using ::gd::http::testing::RequestText;
+using ::gd::http::testing::SendAll;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 using Clock = std::chrono::steady_clock;
-
-// ---- A small HTTP client ------------------------------------------------------------------------
-
-int ConnectTo(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool SendAll(int fd, absl::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t sent = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-    if (sent <= 0) return false;
-    bytes.remove_prefix(static_cast<size_t>(sent));
-  }
-  return true;
-}
-
-// Appends what arrives within timeout_ms; false at the end of the stream or on timeout.
-bool ReadSome(int fd, std::string* data, int timeout_ms) {
-  pollfd ready{fd, POLLIN, 0};
-  if (poll(&ready, 1, timeout_ms) <= 0) return false;
-  char buffer[65536];
-  const ssize_t got = recv(fd, buffer, sizeof(buffer), 0);
-  if (got <= 0) return false;
-  data->append(buffer, static_cast<size_t>(got));
-  return true;
-}
-
-std::string RequestText(absl::string_view method, absl::string_view path, int port,
-                        absl::string_view body = "", absl::string_view content_type = "",
-                        absl::string_view extra_headers = "") {
-  std::string text = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port, "\r\n");
-  if (!content_type.empty()) absl::StrAppend(&text, "Content-Type: ", content_type, "\r\n");
-  if (!body.empty() || method == "POST")
-    absl::StrAppend(&text, "Content-Length: ", body.size(), "\r\n");
-  absl::StrAppend(&text, extra_headers, "\r\n", body);
-  return text;
-}
-
-struct Reply {
-  int status = 0;
-  std::string head;
-  std::string body;
-  std::string Header(absl::string_view name) const {
-    for (absl::string_view line : absl::StrSplit(head, "\r\n")) {
-      const size_t colon = line.find(':');
-      if (colon != absl::string_view::npos &&
-          absl::AsciiStrToLower(line.substr(0, colon)) == absl::AsciiStrToLower(name)) {
-        return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-      }
-    }
-    return "";
-  }
-};
-
-// Sends `raw` and reads the whole response (the server closes every connection).
-Reply Exchange(int port, absl::string_view raw) {
-  Reply reply;
-  const int fd = ConnectTo(port);
-  if (fd < 0 || !SendAll(fd, raw)) {
-    ADD_FAILURE() << "cannot send to port " << port;
-    if (fd >= 0) close(fd);
-    return reply;
-  }
-  std::string data;
-  while (ReadSome(fd, &data, 10'000)) {
-  }
-  close(fd);
-  const size_t end = data.find("\r\n\r\n");
-  if (end == std::string::npos) return reply;
-  reply.head = data.substr(0, end);
-  reply.body = data.substr(end + 4);
-  std::vector<std::string> status_line = absl::StrSplit(reply.head, ' ');
-  if (status_line.size() >= 2) (void)absl::SimpleAtoi(status_line[1], &reply.status);
-  return reply;
-}
 
 // ---- Server-sent events -------------------------------------------------------------------------
 
@@ -242,11 +162,26 @@ class ViewServerTest : public ClientTest {
   Reply Get(absl::string_view path) {
     return Exchange(view_->port(), RequestText("GET", path, view_->port()));
   }
+  // A POST as the page sends it: with the page's Origin, unless `origin_header` says otherwise
+  // (a whole line with its CRLF, or "" for none).
   Reply Post(absl::string_view path, absl::string_view body = "",
              absl::string_view content_type = "application/json",
-             absl::string_view extra_headers = "") {
-    return Exchange(view_->port(),
-                    RequestText("POST", path, view_->port(), body, content_type, extra_headers));
+             std::optional<std::string> origin_header = std::nullopt) {
+    const int port = view_->port();
+    const std::string origin =
+        origin_header.value_or(absl::StrCat("Origin: http://127.0.0.1:", port, "\r\n"));
+    return Exchange(port, RequestText("POST", path, port, body, content_type, origin));
+  }
+  // A request with `headers` (whole lines, CRLF each) in place of the usual Host line.
+  Reply Raw(absl::string_view method, absl::string_view path, absl::string_view headers,
+            absl::string_view body = "") {
+    return Exchange(
+        view_->port(),
+        absl::StrCat(method, " ", path, " HTTP/1.1\r\n", headers,
+                     method == "POST" ? absl::StrCat("Content-Type: application/json",
+                                                     "\r\nContent-Length: ", body.size(), "\r\n")
+                                      : "",
+                     "\r\n", body));
   }
   // POST /api/sample; the run id, or "" after a test failure.
   std::string StartRun(absl::string_view request_json) {
@@ -280,11 +215,13 @@ TEST_F(ViewServerTest, ServesOneSelfContainedPage) {
   EXPECT_THAT(page.body, Not(HasSubstr("http://")));
   EXPECT_THAT(page.body, Not(HasSubstr("https://")));
   // The controls the issue asks for (and the end-to-end test drives).
-  for (const char* id : {"model", "class", "count", "scale", "sampler", "eta", "steps", "seed",
-                         "compare", "scales", "sample", "cancel", "runs", "banner"}) {
+  for (const char* id :
+       {"model", "class", "count", "scale", "sampler", "eta", "steps", "seed", "compare", "scales",
+        "sample", "cancel", "runs", "banner", "dpm-steps", "order"}) {
     EXPECT_THAT(page.body, HasSubstr(absl::StrCat("id=\"", id, "\""))) << id;
   }
   EXPECT_THAT(page.body, HasSubstr("value=\"x_t\""));
+  EXPECT_THAT(page.body, HasSubstr("value=\"SAMPLER_KIND_DPM_SOLVER_PP\""));
   EXPECT_EQ(Get("/index.html").body, kViewPageHtml);
 }
 
@@ -369,6 +306,22 @@ TEST_F(ViewServerTest, SampleStreamsPngStepsAndTheResult) {
   ASSERT_EQ(result.png_size(), 2);
   EXPECT_EQ(result.png(0), SamplesToPngs(CannedSamples(2))[0]);
   EXPECT_FALSE(stream->Next(1000).has_value());  // the stream ends after the result
+}
+
+// The page's DPM-Solver++ choice reaches the server as it was sent: sampler, steps, order.
+TEST_F(ViewServerTest, DpmSolverFieldsArePassedThrough) {
+  StartView();
+  const std::string run = StartRun(
+      R"({"labels":[4],"sampler":"SAMPLER_KIND_DPM_SOLVER_PP","steps":15,"solver_order":2,)"
+      R"("classifier_scale":3,"seed":"9"})");
+  ASSERT_FALSE(run.empty());
+  Follow(run)->ToTheEnd();
+  const v1::SampleRequest seen = server_.sampler().last_request();
+  EXPECT_EQ(seen.sampler(), v1::SAMPLER_KIND_DPM_SOLVER_PP);
+  EXPECT_EQ(seen.steps(), 15u);
+  EXPECT_EQ(seen.solver_order(), 2u);
+  EXPECT_EQ(seen.eta(), 0.0);
+  EXPECT_EQ(seen.timestep_respacing(), "");
 }
 
 // Whoever comes late gets the Accepted event, the newest step only, and the end.
@@ -533,86 +486,96 @@ TEST_F(ViewServerTest, BadRequestsAreRefusedBeforeAnyCall) {
     int status;
     std::string message;
   };
-  const int port = view_->port();
   const std::vector<Case> cases = {
       {Post("/api/sample", R"({"labels":[1]})", "text/plain"), 415, "application/json"},
       {Post("/api/sample", "{"), 400, "not a SampleRequest in proto3 JSON"},
       {Post("/api/sample", R"({"labelz":[1]})"), 400, "labelz"},
-      {Post("/api/sample", R"({"labels":[1]})", "application/json",
-            "Origin: http://elsewhere.example\r\n"),
-       403, "requests from http://elsewhere.example are refused"},
       {Get("/api/sample"), 405, "POST /api/sample"},
       {Post("/api/models"), 405, "GET /api/models"},
       {Get("/nope"), 404, "GET /nope is not served here"},
       {Get("/api/runs/r99/events"), 404, "no run \\\"r99\\\""},  // JSON-escaped quotes
-      {Exchange(port, "BROKEN\r\n\r\n"), 400, "malformed request line"},
-      {Exchange(port,
-                absl::StrCat("POST /api/sample HTTP/1.1\r\nContent-Type: application/json\r\n",
-                             "Content-Length: 100000000\r\n\r\n")),
-       413, "exceeds"},
-      {Exchange(port, "POST /api/sample HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 501,
-       "Content-Length"},
   };
   for (const Case& c : cases) {
     EXPECT_EQ(c.reply.status, c.status) << c.message << ": " << c.reply.body;
     EXPECT_THAT(c.reply.body, HasSubstr(c.message));
   }
-  // The page's own origin is welcome.
-  EXPECT_EQ(Post("/api/sample", R"({"labels":[1]})", "application/json",
-                 absl::StrCat("Origin: http://127.0.0.1:", port, "\r\n"))
-                .status,
-            200);
-  for (int i = 0; i < 500 && server_.sampler().calls() == calls_before; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the run starts on its thread
-  }
-  EXPECT_EQ(server_.sampler().calls(), calls_before + 1);
+  EXPECT_EQ(server_.sampler().calls(), calls_before);
 }
 
-// ---- The HTTP server alone ----------------------------------------------------------------------
-
-TEST(HttpServerTest, ParseListenAddress) {
-  absl::StatusOr<ListenAddress> address = ParseListenAddress("127.0.0.1:8080");
-  ASSERT_TRUE(address.ok()) << address.status();
-  EXPECT_EQ(address->host, "127.0.0.1");
-  EXPECT_EQ(address->port, 8080);
-  address = ParseListenAddress("localhost:0");
-  ASSERT_TRUE(address.ok()) << address.status();
-  EXPECT_EQ(address->host, "127.0.0.1");
-  EXPECT_EQ(address->port, 0);
-  EXPECT_TRUE(ParseListenAddress("0.0.0.0:80").ok());
-  for (const char* bad : {"8080", "example.com:80", "127.0.0.1:70000", ":80", "127.0.0.1:-1",
-                          "127.0.0.1:", "[::1]:80"}) {
-    const absl::Status status = ParseListenAddress(bad).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("\"", bad, "\""))) << bad;
+// DNS rebinding and cross-site requests: only the viewer's own addresses, and only its own page
+// for anything that changes state.
+TEST_F(ViewServerTest, OtherSitesAreRefused) {
+  StartView();
+  const int port = view_->port();
+  const std::string sample = R"({"labels":[1]})";
+  struct Case {
+    std::string what;
+    Reply reply;
+    std::string message;
+  };
+  const std::vector<Case> refused = {
+      {"a rebound name in Host",
+       Raw("GET", "/api/models", absl::StrCat("Host: evil.example:", port, "\r\n")),
+       absl::StrCat("Host \\\"evil.example:", port, "\\\" is not this viewer")},
+      {"the page under a rebound name",
+       Raw("GET", "/", absl::StrCat("Host: evil.example:", port, "\r\n")), "is not this viewer"},
+      {"another port in Host", Raw("GET", "/api/models", "Host: 127.0.0.1:1\r\n"),
+       "is not this viewer"},
+      {"no Host", Raw("GET", "/api/models", ""), "Host \\\"\\\" is not this viewer"},
+      {"a POST from a rebound page",
+       Raw("POST", "/api/sample",
+           absl::StrCat("Host: evil.example:", port, "\r\nOrigin: http://evil.example:", port,
+                        "\r\n"),
+           sample),
+       "is not this viewer"},
+      {"a foreign Origin",
+       Post("/api/sample", sample, "application/json", "Origin: http://elsewhere.example\r\n"),
+       "requests from http://elsewhere.example are refused"},
+      {"a foreign Origin on a GET",
+       Raw("GET", "/api/models",
+           absl::StrCat("Host: 127.0.0.1:", port, "\r\nOrigin: http://elsewhere.example\r\n")),
+       "requests from http://elsewhere.example are refused"},
+      {"an opaque Origin", Post("/api/sample", sample, "application/json", "Origin: null\r\n"),
+       "requests from null are refused"},
+      {"a POST without Origin", Post("/api/sample", sample, "application/json", ""),
+       "a POST without an Origin header is refused"},
+  };
+  for (const Case& c : refused) {
+    EXPECT_EQ(c.reply.status, 403) << c.what << ": " << c.reply.body;
+    EXPECT_EQ(Field(c.reply.body, "code"), "PERMISSION_DENIED") << c.what;
+    EXPECT_THAT(c.reply.body, HasSubstr(c.message)) << c.what;
   }
+  EXPECT_EQ(server_.sampler().calls(), 0);
+
+  // The viewer's own names and page.
+  for (const std::string host : {absl::StrCat("127.0.0.1:", port), absl::StrCat("localhost:", port),
+                                 absl::StrCat("LocalHost:", port), absl::StrCat("[::1]:", port)}) {
+    EXPECT_EQ(Raw("GET", "/api/models", absl::StrCat("Host: ", host, "\r\n")).status, 200) << host;
+  }
+  const Reply from_localhost =
+      Raw("POST", "/api/sample",
+          absl::StrCat("Host: localhost:", port, "\r\nOrigin: http://localhost:", port, "\r\n"),
+          sample);
+  EXPECT_EQ(from_localhost.status, 200) << from_localhost.body;
+  const std::string run = StartRun(sample);  // Origin http://127.0.0.1:PORT
+  ASSERT_FALSE(run.empty());
+  // Cancelling changes state too: not without the page's Origin.
+  const Reply cancel = Post(absl::StrCat("/api/runs/", run, "/cancel"), "", "application/json", "");
+  EXPECT_EQ(cancel.status, 403);
+  for (int i = 0; i < 500 && server_.sampler().stream_calls() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // runs start on their threads
+  }
+  EXPECT_EQ(server_.sampler().stream_calls(), 2);
+  EXPECT_EQ(server_.sampler().cancellations(), 0);
 }
 
-TEST(HttpServerTest, ConnectionsBeyondTheLimitGet503AndSlowRequests408) {
-  std::atomic<bool> release{false};
-  HttpServerOptions options;
-  options.max_connections = 1;
-  options.request_timeout_ms = 300;
-  absl::StatusOr<std::unique_ptr<HttpServer>> server = HttpServer::Start(
-      {"127.0.0.1", 0},
-      [&](const HttpRequest& request, HttpResponse& response) {
-        while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        response.Send(200, "text/plain", request.path);
-      },
-      options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const int port = (*server)->port();
-  std::thread first([&] { EXPECT_EQ(Exchange(port, RequestText("GET", "/a", port)).body, "/a"); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the first is being handled
-  const Reply busy = Exchange(port, RequestText("GET", "/b", port));
-  EXPECT_EQ(busy.status, 503);
-  release = true;
-  first.join();
-  for (int i = 0; i < 100; ++i) {  // the first connection's slot is freed shortly after
-    if (Exchange(port, RequestText("GET", "/c", port)).status == 200) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_EQ(Exchange(port, "GET /d HTTP/1.1\r\nHost: x\r\n").status, 408);  // head never ends
+// A viewer on every interface answers to the address a request arrived on.
+TEST_F(ViewServerTest, OnEveryInterfaceTheArrivalAddressIsTheViewers) {
+  options_.listen = {"0.0.0.0", 0};
+  StartView();
+  const int port = view_->port();
+  EXPECT_EQ(Raw("GET", "/api/models", absl::StrCat("Host: 127.0.0.1:", port, "\r\n")).status, 200);
+  EXPECT_EQ(Raw("GET", "/api/models", absl::StrCat("Host: 10.1.2.3:", port, "\r\n")).status, 403);
 }
 
 // ---- gd view ------------------------------------------------------------------------------------
@@ -651,9 +614,10 @@ TEST_F(CliTest, ViewFlagsAreChecked) {
 }
 
 TEST_F(CliTest, ViewReportsAnAddressInUse) {
-  absl::StatusOr<std::unique_ptr<HttpServer>> taken = HttpServer::Start(
+  absl::StatusOr<std::unique_ptr<http::Server>> taken = http::Server::Start(
       {"127.0.0.1", 0},
-      [](const HttpRequest&, HttpResponse& response) { response.Send(200, "text/plain", ""); });
+      [](const http::Request&, http::Response& response) { response.Send(200, "text/plain", ""); },
+      http::ServerOptions{});
   ASSERT_TRUE(taken.ok()) << taken.status();
   CliResult result = Run({"view", "--listen", absl::StrCat("127.0.0.1:", (*taken)->port())});
   EXPECT_EQ(result.exit_code, 1);

@@ -150,6 +150,31 @@ async function main() {
       await page.uncheck("#compare");
     }
 
+    // ---- DPM-Solver++: offered with its step count and order; run when the server has it ----
+    const dpmOffered = await page.$eval("#sampler option[value=SAMPLER_KIND_DPM_SOLVER_PP]",
+                                        (option) => !option.disabled);
+    log(`DPM-Solver++ ${dpmOffered ? "offered by the server" : "not offered by this server"}`);
+    // Its controls replace the respacing field (checked even where the option is disabled).
+    await setValue(page, "#sampler", "SAMPLER_KIND_DPM_SOLVER_PP");
+    assert.equal(await page.$eval("#dpm-fields", (el) => el.hidden), false, "steps and order shown");
+    assert.equal(await page.$eval("#respacing-field", (el) => el.hidden), true);
+    assert.equal(await page.$eval("#eta", (el) => el.disabled), true);
+    assert.equal(await page.$eval("#dpm-steps", (el) => el.value), "15");
+    assert.equal(await page.$eval("#order", (el) => el.value), "2");
+    await setValue(page, "#sampler", "SAMPLER_KIND_DDIM");
+    assert.equal(await page.$eval("#dpm-fields", (el) => el.hidden), true);
+    if (dpmOffered) {
+      await setValue(page, "#count", "2");
+      await setValue(page, "#sampler", "SAMPLER_KIND_DPM_SOLVER_PP");
+      await setValue(page, "#dpm-steps", "5");
+      await page.click("#sample");
+      await page.waitForSelector("article.run[data-state=done]", { timeout: SAMPLING_TIMEOUT_MS });
+      const [dpmRun] = await panels(page);
+      log(`DPM-Solver++: ${dpmRun.status}`);
+      assert.match(dpmRun.status, /^done: 5 steps/);
+      await setValue(page, "#sampler", "SAMPLER_KIND_DDIM");
+    }
+
     // ---- A server-side error is shown with its gRPC code ----
     // No integer stride cuts a process of T < 99999 steps into 99999: the server refuses it.
     await setValue(page, "#steps", "ddim99999");

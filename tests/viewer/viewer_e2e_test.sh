@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of `gd view`: starts the real gd-server and `gd view`, then drives Debian's
 # headless Chromium with playwright-core (viewer.spec.mjs): a sampling run with intermediate
-# frames and a final grid, side by side scales, a server error, and a cancelled run that gd-server's
-# /metrics counts as CANCELLED. Screenshots go to OUT_DIR.
+# frames and a final grid, side by side scales, a DPM-Solver++ run when the server offers it, a
+# server error, and a cancelled run that gd-server's /metrics counts as CANCELLED. Screenshots go
+# to OUT_DIR.
 #
 # usage: viewer_e2e_test.sh GD_SERVER GD REPO_ROOT NODE_DIR OUT_DIR FIXTURES_DIR
 #
