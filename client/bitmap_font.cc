@@ -111,6 +111,19 @@ constexpr const char* kGlyphs[kLastGlyph - kFirstGlyph + 1] = {
 };
 // clang-format on
 
+// One glyph pixel: the size x size block of `image` at (top, left), clipped to the image.
+void FillBlock(formats::Image& image, int64_t top, int64_t left, int size, uint8_t value) {
+  const int64_t y1 = std::min<int64_t>(top + size, image.height);
+  const int64_t x1 = std::min<int64_t>(left + size, image.width);
+  for (int64_t y = std::max<int64_t>(top, 0); y < y1; ++y) {
+    for (int64_t x = std::max<int64_t>(left, 0); x < x1; ++x) {
+      char* pixel = &image.pixels[static_cast<size_t>((y * image.width + x) * image.channels)];
+      std::fill(pixel, pixel + std::min<int64_t>(image.channels, 3), static_cast<char>(value));
+      if (image.channels == 4) pixel[3] = static_cast<char>(255);  // text is opaque
+    }
+  }
+}
+
 }  // namespace
 
 bool GlyphPixel(char c, int row, int column) {
@@ -129,18 +142,9 @@ void DrawText(formats::Image& image, absl::string_view text, int64_t top, int64_
     const int64_t glyph_left = left + static_cast<int64_t>(i) * kGlyphAdvance * scale;
     for (int row = 0; row < kGlyphHeight; ++row) {
       for (int column = 0; column < kGlyphWidth; ++column) {
-        if (!GlyphPixel(text[i], row, column)) continue;
-        // One glyph pixel is a scale x scale block of image pixels.
-        const int64_t y0 = std::max<int64_t>(top + row * scale, 0);
-        const int64_t y1 = std::min<int64_t>(top + (row + 1) * scale, image.height);
-        const int64_t x0 = std::max<int64_t>(glyph_left + column * scale, 0);
-        const int64_t x1 = std::min<int64_t>(glyph_left + (column + 1) * scale, image.width);
-        for (int64_t y = y0; y < y1; ++y) {
-          for (int64_t x = x0; x < x1; ++x) {
-            char* pixel = &image.pixels[static_cast<size_t>((y * image.width + x) * image.channels)];
-            std::fill(pixel, pixel + std::min<int64_t>(image.channels, 3), static_cast<char>(value));
-            if (image.channels == 4) pixel[3] = static_cast<char>(255);
-          }
+        if (GlyphPixel(text[i], row, column)) {
+          FillBlock(image, top + int64_t{row} * scale, glyph_left + int64_t{column} * scale, scale,
+                    value);
         }
       }
     }

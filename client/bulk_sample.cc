@@ -25,8 +25,9 @@ struct Range {
 };
 
 std::string RangeText(Range range) {
-  return range.count == 1 ? absl::StrCat("image ", range.first)
-                          : absl::StrCat("images ", range.first, "..", range.first + range.count - 1);
+  return range.count == 1
+             ? absl::StrCat("image ", range.first)
+             : absl::StrCat("images ", range.first, "..", range.first + range.count - 1);
 }
 
 bool IsRetryable(absl::StatusCode code) {
@@ -49,18 +50,18 @@ absl::Status CheckOptions(const BulkSampleOptions& options) {
   }
   const RetryPolicy& retry = options.retry;
   if (retry.max_retries < 0 || retry.initial_backoff_ms < 0 || retry.max_backoff_ms < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "retry: max_retries = ", retry.max_retries, ", initial_backoff_ms = ",
-        retry.initial_backoff_ms, ", max_backoff_ms = ", retry.max_backoff_ms,
-        " must all be >= 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("retry: max_retries = ", retry.max_retries,
+                     ", initial_backoff_ms = ", retry.initial_backoff_ms,
+                     ", max_backoff_ms = ", retry.max_backoff_ms, " must all be >= 0"));
   }
   const auto given = static_cast<int64_t>(options.labels.size());
   if (options.label_choice != LabelChoice::kGiven && given > 0) {
     return absl::InvalidArgumentError("labels are given and also to be chosen (balanced/random)");
   }
   if (given != 0 && given != options.num_images) {
-    return absl::InvalidArgumentError(absl::StrCat(given, " labels for num_images = ",
-                                                   options.num_images, " (give one per image)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        given, " labels for num_images = ", options.num_images, " (give one per image)"));
   }
   for (size_t i = 0; i < options.labels.size(); ++i) {
     if (options.labels[i] < 0) {
@@ -84,8 +85,8 @@ absl::StatusOr<int64_t> ImagesPerRequest(const BulkSampleOptions& options,
   if (options.images_per_request == 0) return limit > 0 ? limit : kFallbackImagesPerRequest;
   if (limit > 0 && options.images_per_request > limit) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "images_per_request = ", options.images_per_request, " exceeds max_images_per_request = ",
-        limit, " of model \"", model.name(), "\""));
+        "images_per_request = ", options.images_per_request,
+        " exceeds max_images_per_request = ", limit, " of model \"", model.name(), "\""));
   }
   return options.images_per_request;
 }
@@ -95,9 +96,9 @@ absl::StatusOr<std::vector<int64_t>> RunLabels(const BulkSampleOptions& options,
                                                const v1::ModelInfo& model) {
   if (options.label_choice == LabelChoice::kGiven) return options.labels;
   if (model.num_classes() == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        options.label_choice == LabelChoice::kBalanced ? "balanced" : "random",
-        " labels need a model with classes; model \"", model.name(), "\" has none"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.label_choice == LabelChoice::kBalanced ? "balanced" : "random",
+                     " labels need a model with classes; model \"", model.name(), "\" has none"));
   }
   if (options.label_choice == LabelChoice::kBalanced) {
     return BalancedLabels(options.num_images, model.num_classes());
@@ -235,15 +236,17 @@ class BulkRun {
 };
 
 absl::Status BulkRun::Run(const BulkProgressCallback& on_progress) {
-  const int workers = static_cast<int>(
-      std::min<size_t>(static_cast<size_t>(options_.concurrency), todo_.size()));
+  const int workers =
+      static_cast<int>(std::min<size_t>(static_cast<size_t>(options_.concurrency), todo_.size()));
   std::vector<std::thread> threads;
   {
     absl::MutexLock lock(&mu_);
     workers_running_ = workers;
     partial_.assign(workers, 0.0);
   }
-  for (int worker = 0; worker < workers; ++worker) threads.emplace_back(&BulkRun::Work, this, worker);
+  threads.reserve(static_cast<size_t>(workers));
+  for (int worker = 0; worker < workers; ++worker)
+    threads.emplace_back(&BulkRun::Work, this, worker);
   for (bool finished = false; !finished;) {
     BulkProgress snapshot;
     {
@@ -300,8 +303,8 @@ absl::StatusOr<RunPart> BulkRun::SampleRange(int worker, Range range) {
     absl::StatusOr<SampleSet> set =
         response.ok() ? SampleSetFromResponse(*response, options_.kept) : response.status();
     if (set.ok() && set->size() != range.count) {
-      set = absl::InternalError(absl::StrCat("the server sent ", set->size(), " images for ",
-                                             range.count));
+      set = absl::InternalError(
+          absl::StrCat("the server sent ", set->size(), " images for ", range.count));
     }
     if (set.ok()) {
       absl::MutexLock lock(&mu_);
@@ -335,8 +338,8 @@ absl::StatusOr<v1::SampleResponse> BulkRun::Call(int worker, const v1::SampleReq
   return client_.StreamSample(request, [&](const v1::SampleEvent& event) {
     if (event.has_step() && event.step().total_steps() > 0) {
       absl::MutexLock lock(&mu_);
-      partial_[worker] = static_cast<double>(count) * (event.step().step() + 1) /
-                         event.step().total_steps();
+      partial_[worker] =
+          static_cast<double>(count) * (event.step().step() + 1) / event.step().total_steps();
       changed_ = true;
     }
     return true;
@@ -422,9 +425,9 @@ absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOpt
     if (state == nullptr) return status;
     int64_t kept = result.images_resumed;
     for (const RunPart& part : bulk.TakeParts()) kept += part.set.size();
-    return absl::Status(status.code(),
-                        absl::StrCat(status.message(), "; the ", kept, " images finished are kept in ",
-                                     state->dir(), " (resume to sample only the rest)"));
+    return absl::Status(status.code(), absl::StrCat(status.message(), "; the ", kept,
+                                                    " images finished are kept in ", state->dir(),
+                                                    " (resume to sample only the rest)"));
   }
   result.requests = static_cast<int64_t>(bulk.request_ids().size());
   result.request_ids = bulk.request_ids();
@@ -436,6 +439,7 @@ absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOpt
   std::sort(parts.begin(), parts.end(),
             [](const RunPart& a, const RunPart& b) { return a.first < b.first; });
   std::vector<const SampleSet*> sets;
+  sets.reserve(parts.size());
   for (const RunPart& part : parts) sets.push_back(&part.set);
   absl::StatusOr<SampleSet> samples = ConcatSampleSets(sets);
   if (!samples.ok()) return samples.status();

@@ -87,8 +87,8 @@ struct BulkProgress {
   // Requests in flight: their steps done / total steps x their image count (stream_steps only).
   double images_partial = 0;
   int requests_in_flight = 0;
-  int64_t retries = 0;       // so far
-  absl::Status last_retry;   // the error that caused the latest retry
+  int64_t retries = 0;      // so far
+  absl::Status last_retry;  // the error that caused the latest retry
 };
 
 struct BulkResult {

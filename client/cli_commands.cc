@@ -26,7 +26,8 @@ constexpr CommandInfo kCommandTable[] = {
      "gd sample --num_samples 5000 --balanced_labels --classifier_scale 3 --sampler dpm++ \\\n"
      "    --steps 15 --concurrency 4 --npz samples.npz   # kill it, then add --resume"},
     {"stream", Command::kStream, "sample one request, streaming every (--every K-th) step",
-     "gd stream --labels 7,7,7,7 --classifier_scale 3 --sampler ddim --timestep_respacing ddim50 \\\n"
+     "gd stream --labels 7,7,7,7 --classifier_scale 3 --sampler ddim --timestep_respacing ddim50 "
+     "\\\n"
      "    --every 5 --dump_dir steps/\n"
      "gd stream --labels 0,1,2,3,4,5,6,7,8,9 --classifier_scale 3 --sampler dpm++ --steps 15 \\\n"
      "    --strip strip.png --gif trajectory.gif"},
@@ -46,9 +47,8 @@ constexpr unsigned kSample = Bit(Command::kSample);
 constexpr unsigned kStream = Bit(Command::kStream);
 
 // The groups, in the order the help lists them.
-constexpr absl::string_view kGroups[] = {
-    "What to sample", "Sampler", "Many images", "Outputs", "Streaming",
-    "Viewer",         "Health",  "Connection"};
+constexpr absl::string_view kGroups[] = {"What to sample", "Sampler", "Many images", "Outputs",
+                                         "Streaming",      "Viewer",  "Health",      "Connection"};
 
 struct FlagUse {
   absl::string_view flag;
@@ -173,8 +173,8 @@ std::string UnlistedFlags() {
   }
   if (names.empty()) return "";
   std::sort(names.begin(), names.end());
-  return absl::StrCat("\nNot in the help's table (client/cli_commands.cc): ",
-                      absl::StrJoin(names, ", "), "\n");
+  return absl::StrCat(
+      "\nNot in the help's table (client/cli_commands.cc): ", absl::StrJoin(names, ", "), "\n");
 }
 
 }  // namespace

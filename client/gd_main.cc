@@ -306,8 +306,8 @@ absl::Status CountAndLabelsFromFlags(ImagesToSample& images) {
                                    labels->size(), " labels (give one, or make them agree)"));
   }
   images.count = labels->empty() ? num_samples : static_cast<int64_t>(labels->size());
-  images.label_choice = balanced ? LabelChoice::kBalanced
-                                 : (random ? LabelChoice::kRandom : LabelChoice::kGiven);
+  images.label_choice =
+      balanced ? LabelChoice::kBalanced : (random ? LabelChoice::kRandom : LabelChoice::kGiven);
   images.labels = *std::move(labels);
   return absl::OkStatus();
 }
@@ -461,8 +461,8 @@ absl::Status MakeDumpDir(const std::string& dump_dir) {
 // " 1x28x28" (C x H x W) of the images kept, or "".
 std::string ImageShape(const SampleSet& set) {
   if (set.samples.has_value()) {
-    return absl::StrCat(" ", absl::StrJoin(set.samples->shape.begin() + 1, set.samples->shape.end(),
-                                           "x"));
+    return absl::StrCat(
+        " ", absl::StrJoin(set.samples->shape.begin() + 1, set.samples->shape.end(), "x"));
   }
   if (set.images.has_value()) {
     const std::vector<int64_t>& shape = set.images->shape;
@@ -502,7 +502,8 @@ absl::Status RunSample(SamplerClient& client, BulkSampleOptions options, const O
   }
   PrintRunSummary(*result);
   std::vector<std::string> class_names;
-  if (labelled) class_names.assign(result->model.class_names().begin(), result->model.class_names().end());
+  if (labelled)
+    class_names.assign(result->model.class_names().begin(), result->model.class_names().end());
   return WriteOutputs(result->samples, outputs, class_names, /*npz_written=*/true);
 }
 
@@ -682,8 +683,7 @@ void PrintError(const absl::Status& status) {
 
 // Runs the command; its exit status.
 int RunCommand(const CommandInfo& command, Invocation& invocation, const sigset_t& stop_signals) {
-  absl::StatusOr<std::unique_ptr<SamplerClient>> client =
-      SamplerClient::Create(invocation.options);
+  absl::StatusOr<std::unique_ptr<SamplerClient>> client = SamplerClient::Create(invocation.options);
   if (!client.ok()) {
     PrintError(client.status());
     return kExitFailure;
@@ -692,8 +692,8 @@ int RunCommand(const CommandInfo& command, Invocation& invocation, const sigset_
   bool success = true;
   switch (command.command) {
     case Command::kSample:
-      status = RunSample(**client, std::move(invocation.run), invocation.outputs,
-                         invocation.labelled);
+      status =
+          RunSample(**client, std::move(invocation.run), invocation.outputs, invocation.labelled);
       break;
     case Command::kStream:
       status = RunStream(**client, std::move(invocation.request), invocation.outputs,

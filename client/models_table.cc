@@ -36,7 +36,8 @@ std::vector<std::string> Row(const v1::ModelInfo& model, const std::string& defa
 
 }  // namespace
 
-std::string ModelsTable(const std::vector<v1::ModelInfo>& models, const std::string& default_model) {
+std::string ModelsTable(const std::vector<v1::ModelInfo>& models,
+                        const std::string& default_model) {
   std::vector<std::vector<std::string>> rows = {{"NAME", "SIZE", "CHANNELS", "CLASSES",
                                                  "CONDITIONAL", "CLASSIFIER", "STEPS", "SAMPLERS",
                                                  "SCALE", "MAX_IMAGES", "MAX_STEPS", "MAX_SCALE"}};

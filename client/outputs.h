@@ -26,7 +26,7 @@ struct Outputs {
   std::string grid_path;
   std::string npz_path;
   std::string tensor_path;
-  int64_t columns = 0;  // 0 = min(N, kMaxGridColumns)
+  int64_t columns = 0;                      // 0 = min(N, kMaxGridColumns)
   int64_t min_tile_px = kDefaultMinTilePx;  // grid images are scaled up to this; 0 = native size
   bool captions = true;                     // class names under the grid's images, when known
 

@@ -13,14 +13,15 @@ constexpr uint8_t kBackground = 255;  // white, as MakeGrid's padding
 constexpr uint8_t kInk = 0;
 
 // Height of the white band a caption is written in: 2 rows of margin above the glyphs, 1 below.
-int64_t CaptionBandHeight(int scale) { return (kGlyphHeight + 3) * scale; }
+int64_t CaptionBandHeight(int scale) { return int64_t{kGlyphHeight + 3} * scale; }
 
 formats::Image Blank(int64_t height, int64_t width, int64_t channels) {
   formats::Image image;
   image.height = height;
   image.width = width;
   image.channels = channels;
-  image.pixels.assign(static_cast<size_t>(height * width * channels), static_cast<char>(kBackground));
+  image.pixels.assign(static_cast<size_t>(height * width * channels),
+                      static_cast<char>(kBackground));
   return image;
 }
 
@@ -30,7 +31,7 @@ void DrawCaption(formats::Image& image, const std::string& caption, int64_t top,
                  int64_t width, int scale) {
   const std::string text = FitCaption(caption, width, scale);
   const int64_t text_left = left + (width - TextWidth(text, scale)) / 2;
-  DrawText(image, text, top + 2 * scale, text_left, scale, kInk);
+  DrawText(image, text, top + int64_t{2} * scale, text_left, scale, kInk);
 }
 
 // `tile` with a caption band below it.
@@ -89,7 +90,7 @@ formats::Image ScaleNearest(const formats::Image& image, int64_t factor) {
 int CaptionScale(const std::vector<std::string>& captions, int64_t width) {
   for (int scale = kMaxTextScale; scale > 1; --scale) {
     const bool fits = std::all_of(captions.begin(), captions.end(), [&](const std::string& c) {
-      return TextWidth(c, scale) + 2 * scale <= width;
+      return TextWidth(c, scale) + int64_t{2} * scale <= width;
     });
     if (fits) return scale;
   }
@@ -97,7 +98,7 @@ int CaptionScale(const std::vector<std::string>& captions, int64_t width) {
 }
 
 std::string FitCaption(const std::string& caption, int64_t width, int scale) {
-  if (TextWidth(caption, scale) + 2 * scale <= width) return caption;
+  if (TextWidth(caption, scale) + int64_t{2} * scale <= width) return caption;
   // The most characters n with (n * advance - 1) * scale plus the margins within `width`.
   const int64_t fitting = (width / scale - 1) / kGlyphAdvance;
   if (fitting < 2) return "";
@@ -117,8 +118,8 @@ absl::StatusOr<formats::Image> MakeSampleGrid(const std::vector<formats::Image>&
     }
   }
   if (!options.captions.empty() && options.captions.size() != images.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(options.captions.size(), " captions for ",
-                                                   images.size(), " images"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.captions.size(), " captions for ", images.size(), " images"));
   }
   const int64_t factor = UpscaleFactor(first.width, first.height, options.min_tile_px);
   const int64_t columns = std::max<int64_t>(1, options.columns);
@@ -136,9 +137,8 @@ absl::StatusOr<formats::Image> MakeSampleGrid(const std::vector<formats::Image>&
   }
   formats::Image grid = formats::MakeGrid(tiles, columns);
   if (!under_columns) return grid;
-  const formats::GridLayout layout =
-      formats::LayOutGrid(static_cast<int64_t>(tiles.size()), tiles[0].height, tiles[0].width,
-                          columns, /*padding=*/2);
+  const formats::GridLayout layout = formats::LayOutGrid(
+      static_cast<int64_t>(tiles.size()), tiles[0].height, tiles[0].width, columns, /*padding=*/2);
   return CaptionColumns(grid, layout, options.captions, scale);
 }
 

@@ -28,7 +28,8 @@ std::string Bar(double fraction) {
 
 std::string Duration(double seconds) {
   const int64_t whole = std::llround(seconds);
-  if (whole >= 3600) return absl::StrFormat("%d:%02d:%02d", whole / 3600, whole / 60 % 60, whole % 60);
+  if (whole >= 3600)
+    return absl::StrFormat("%d:%02d:%02d", whole / 3600, whole / 60 % 60, whole % 60);
   return absl::StrFormat("%d:%02d", whole / 60, whole % 60);
 }
 
@@ -117,8 +118,8 @@ void RunProgress::Update(const BulkProgress& progress, Clock::time_point now) {
   if (terminal_) {
     // Redrawn at most 10 times a second, and always at the end.
     if (drawn_ && !finished && now - written_at_ < std::chrono::milliseconds(100)) return;
-    const double fraction =
-        (progress.images_done + progress.images_partial) / std::max<int64_t>(1, progress.images_total);
+    const double fraction = (progress.images_done + progress.images_partial) /
+                            std::max<int64_t>(1, progress.images_total);
     absl::FPrintF(out_, "\r[%s] %s\033[K", Bar(fraction), Summary(progress, now));
     drawn_ = true;
   } else {
@@ -146,8 +147,10 @@ std::string RunProgress::Summary(const BulkProgress& progress, Clock::time_point
     absl::StrAppendFormat(&text, "  %d in flight", progress.requests_in_flight);
   }
   if (progress.retries > 0) absl::StrAppendFormat(&text, "  %d retried", progress.retries);
-  if (!terminal_) absl::StrAppendFormat(&text, "  (%.0f%%)", 100.0 * progress.images_done /
-                                                              std::max<int64_t>(1, progress.images_total));
+  if (!terminal_)
+    absl::StrAppendFormat(
+        &text, "  (%.0f%%)",
+        100.0 * progress.images_done / std::max<int64_t>(1, progress.images_total));
   return text;
 }
 

@@ -135,19 +135,19 @@ absl::StatusOr<std::unique_ptr<RunState>> RunState::Open(const std::string& dir,
     return state;
   }
   if (!fs::is_directory(dir, error)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "\"", dir, "\" is in the way: it should be the directory of the run's parts"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("\"", dir, "\" is in the way: it should be the directory of the run's parts"));
   }
   const bool described = fs::exists(fs::path(dir) / kDescriptionFile, error);
   if (!resume && !fs::is_empty(dir, error)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "\"", dir, "\" holds an unfinished run (", ImagesInParts(dir), " of ",
-        ImageCount(run), " images done): resume it, or delete the directory to start over"));
+        "\"", dir, "\" holds an unfinished run (", ImagesInParts(dir), " of ", ImageCount(run),
+        " images done): resume it, or delete the directory to start over"));
   }
   if (!described) {
     if (ImagesInParts(dir) > 0) {
-      return absl::DataLossError(absl::StrCat("\"", dir, "\" holds parts but no ",
-                                              kDescriptionFile, ": delete it to start over"));
+      return absl::DataLossError(absl::StrCat("\"", dir, "\" holds parts but no ", kDescriptionFile,
+                                              ": delete it to start over"));
     }
     if (absl::Status status = state->Create(run, noise); !status.ok()) return status;
     return state;
@@ -199,8 +199,8 @@ absl::Status RunState::CheckSameRun(const v1::SampleRequest& run,
     absl::StatusOr<std::string> bytes = formats::ReadFileBytes(noise_path);
     if (!bytes.ok()) return bytes.status();
     if (*bytes != formats::SerializeNpy(*noise)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "\"", dir_, "\" holds a run with other starting noise than this one's"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("\"", dir_, "\" holds a run with other starting noise than this one's"));
     }
   }
   return absl::OkStatus();
@@ -233,10 +233,9 @@ absl::Status RunState::LoadParts(const v1::SampleRequest& run) {
   for (size_t i = 1; i < parts.size(); ++i) {
     const RunPart& previous = parts[i - 1].second;
     if (previous.first + parts[i - 1].first > parts[i].second.first) {
-      return absl::DataLossError(absl::StrCat("\"", dir_, "\": parts ",
-                                              PartName(previous.first, parts[i - 1].first), " and ",
-                                              PartName(parts[i].second.first, parts[i].first),
-                                              " overlap"));
+      return absl::DataLossError(
+          absl::StrCat("\"", dir_, "\": parts ", PartName(previous.first, parts[i - 1].first),
+                       " and ", PartName(parts[i].second.first, parts[i].first), " overlap"));
     }
   }
   for (auto& [count, part] : parts) loaded_.push_back(std::move(part));

@@ -1,7 +1,8 @@
 // The on-disk state of a bulk sampling run (bulk_sample.h), so that an interrupted run can be
 // resumed: a directory beside the run's .npz (OUT.npz.parts/) holding
 //
-//   run.textproto                 what the run samples: a SampleRequest in protobuf text format with
+//   run.textproto                 what the run samples: a SampleRequest in protobuf text format
+//   with
 //                                 the resolved model name, every image's label (or num_samples = N
 //                                 for unlabelled runs), the sampler settings, the seed and the
 //                                 outputs kept. A resumed run must describe the same run.

@@ -21,10 +21,9 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 absl::Status CheckBatch(const formats::Array& array, formats::DType dtype, int64_t count,
                         absl::string_view what, absl::string_view layout) {
   if (array.dtype != dtype || array.shape.size() != 4 || array.shape[0] != count) {
-    return absl::InternalError(absl::StrCat(what, ": expected ", formats::DTypeName(dtype), " ",
-                                            layout, " with N = ", count, ", got ",
-                                            formats::DTypeName(array.dtype), " ",
-                                            ShapeText(array.shape)));
+    return absl::InternalError(absl::StrCat(
+        what, ": expected ", formats::DTypeName(dtype), " ", layout, " with N = ", count, ", got ",
+        formats::DTypeName(array.dtype), " ", ShapeText(array.shape)));
   }
   return absl::OkStatus();
 }
@@ -43,14 +42,12 @@ absl::StatusOr<std::optional<formats::Array>> ConcatMember(
   for (size_t i = 0; i < parts.size(); ++i) {
     const std::optional<formats::Array>& array = parts[i]->*member;
     if (array.has_value() != first.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("part ", i, (array.has_value() ? " has " : " lacks "), what,
-                       ", part 0 does not"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "part ", i, (array.has_value() ? " has " : " lacks "), what, ", part 0 does not"));
     }
     if (!array.has_value()) continue;
-    if (array->dtype != first->dtype ||
-        !std::equal(array->shape.begin() + 1, array->shape.end(), first->shape.begin() + 1,
-                    first->shape.end())) {
+    if (array->dtype != first->dtype || !std::equal(array->shape.begin() + 1, array->shape.end(),
+                                                    first->shape.begin() + 1, first->shape.end())) {
       return absl::InvalidArgumentError(
           absl::StrCat("part ", i, "'s ", what, " are ", formats::DTypeName(array->dtype), " ",
                        ShapeText(array->shape), ", part 0's ", formats::DTypeName(first->dtype),
@@ -163,7 +160,7 @@ absl::Status WriteSampleSetNpz(const std::string& path, const SampleSet& set, bo
         absl::StrCat("cannot write \"", path, "\": the set has no uint8 images for arr_0"));
   }
   std::vector<std::pair<std::string, formats::Array>> members = {{"arr_0", *set.images},
-                                                                  {"arr_1", LabelArray(set.labels)}};
+                                                                 {"arr_1", LabelArray(set.labels)}};
   if (with_samples && set.samples.has_value()) members.emplace_back("samples", *set.samples);
   // Written aside and renamed, so that a process killed while writing leaves PATH as it was.
   const std::string partial = path + ".tmp";
@@ -186,9 +183,13 @@ absl::StatusOr<SampleSet> ReadSampleSetNpz(const std::string& path) {
   SampleSet set;
   std::optional<formats::Array> labels;
   for (auto& [name, array] : *members) {
-    if (name == "arr_0") set.images = std::move(array);
-    if (name == "arr_1") labels = std::move(array);
-    if (name == "samples") set.samples = std::move(array);
+    if (name == "arr_0") {
+      set.images = std::move(array);
+    } else if (name == "arr_1") {
+      labels = std::move(array);
+    } else if (name == "samples") {
+      set.samples = std::move(array);
+    }
   }
   if (!set.images.has_value() || !labels.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": arr_0 or arr_1 is missing"));

@@ -40,8 +40,8 @@ guided_diffusion::v1::OutputOptions WireOutputs(const KeptOutputs& kept);
 // [N, H, W, C] and samples float32 [N, C, H, W] of the same N. Float16 samples are widened; images
 // missing from the response are derived from the samples (SampleToUint8). INTERNAL when the
 // response lacks what was asked for or is inconsistent.
-absl::StatusOr<SampleSet> SampleSetFromResponse(const guided_diffusion::v1::SampleResponse& response,
-                                                const KeptOutputs& kept);
+absl::StatusOr<SampleSet> SampleSetFromResponse(
+    const guided_diffusion::v1::SampleResponse& response, const KeptOutputs& kept);
 
 // `parts` one after the other. They must agree on which members they have and on the image
 // shape; InvalidArgument otherwise.

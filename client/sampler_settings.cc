@@ -39,14 +39,14 @@ bool IsPositiveInteger(absl::string_view text) {
 absl::Status CheckNoForeignFlags(const SamplerSettings& settings, bool dpm_solver) {
   const std::string& sampler = settings.sampler;
   if (settings.eta != 0 && sampler != "ddim") {
-    return absl::InvalidArgumentError(absl::StrCat("--eta = ", settings.eta, " needs --sampler ddim (",
-                                                   sampler, " has no eta)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--eta = ", settings.eta, " needs --sampler ddim (", sampler, " has no eta)"));
   }
   if (dpm_solver) {
     if (!settings.timestep_respacing.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--timestep_respacing = \"", settings.timestep_respacing,
-          "\" does not apply to --sampler dpm++: give its model calls as --steps N"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--timestep_respacing = \"", settings.timestep_respacing,
+                       "\" does not apply to --sampler dpm++: give its model calls as --steps N"));
     }
     return absl::OkStatus();
   }
@@ -56,9 +56,9 @@ absl::Status CheckNoForeignFlags(const SamplerSettings& settings, bool dpm_solve
       {"--skip_type", !settings.skip_type.empty()}};
   for (const auto& [flag, given] : dpm_only) {
     if (given) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          flag, " applies to --sampler dpm++ only; ", sampler,
-          " takes its steps from --timestep_respacing (e.g. 250, ddim25)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " applies to --sampler dpm++ only; ", sampler,
+                       " takes its steps from --timestep_respacing (e.g. 250, ddim25)"));
     }
   }
   return absl::OkStatus();
@@ -70,8 +70,8 @@ absl::Status ApplyDpmSolverSettings(const SamplerSettings& settings, v1::SampleR
         "--sampler dpm++ needs --steps N: its model calls, e.g. 15 (10 to 20 is typical)");
   }
   if (settings.solver_order > kMaxSolverOrder) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--solver_order = ", settings.solver_order, " is not 1, 2 or 3 (0 = the server's: 2)"));
+    return absl::InvalidArgumentError(absl::StrCat("--solver_order = ", settings.solver_order,
+                                                   " is not 1, 2 or 3 (0 = the server's: 2)"));
   }
   request.set_steps(settings.steps);
   request.set_solver_order(settings.solver_order);
@@ -82,15 +82,16 @@ absl::Status ApplyDpmSolverSettings(const SamplerSettings& settings, v1::SampleR
       return absl::OkStatus();
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--skip_type = \"", settings.skip_type, "\" is not one of logSNR, time_uniform, time_quadratic"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--skip_type = \"", settings.skip_type,
+                   "\" is not one of logSNR, time_uniform, time_quadratic"));
 }
 
 absl::Status ApplyThresholding(const SamplerSettings& settings, v1::SampleRequest& request) {
   const double ratio = settings.dynamic_thresholding_ratio;
   if (!(ratio >= 0 && ratio <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--dynamic_thresholding_ratio = ", ratio, " is outside (0, 1] (0 = off; 0.995 is usual)"));
+    return absl::InvalidArgumentError(absl::StrCat("--dynamic_thresholding_ratio = ", ratio,
+                                                   " is outside (0, 1] (0 = off; 0.995 is usual)"));
   }
   if (ratio > 0 && settings.clip_denoised == false) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -117,17 +118,18 @@ absl::Status CheckRespacing(absl::string_view respacing) {
     }
   }
   if (valid) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--timestep_respacing = \"", respacing,
-      "\" is not N, ddimN or N1,N2,... (e.g. 250, ddim25, 10,20,30)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--timestep_respacing = \"", respacing,
+                   "\" is not N, ddimN or N1,N2,... (e.g. 250, ddim25, 10,20,30)"));
 }
 
 absl::Status ApplySamplerSettings(const SamplerSettings& settings, v1::SampleRequest& request) {
-  const auto* sampler = std::find_if(std::begin(kSamplers), std::end(kSamplers),
-                                     [&](const auto& entry) { return entry.first == settings.sampler; });
+  const auto* sampler =
+      std::find_if(std::begin(kSamplers), std::end(kSamplers),
+                   [&](const auto& entry) { return entry.first == settings.sampler; });
   if (sampler == std::end(kSamplers)) {
-    return absl::InvalidArgumentError(absl::StrCat("--sampler = \"", settings.sampler,
-                                                   "\" is not one of ddpm, ddim, dpm++"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sampler = \"", settings.sampler, "\" is not one of ddpm, ddim, dpm++"));
   }
   request.set_sampler(sampler->second);
   const bool dpm_solver = sampler->second == v1::SAMPLER_KIND_DPM_SOLVER_PP;
@@ -137,7 +139,8 @@ absl::Status ApplySamplerSettings(const SamplerSettings& settings, v1::SampleReq
   if (absl::Status status = CheckNoForeignFlags(settings, dpm_solver); !status.ok()) return status;
   request.set_eta(settings.eta);
   if (dpm_solver) {
-    if (absl::Status status = ApplyDpmSolverSettings(settings, request); !status.ok()) return status;
+    if (absl::Status status = ApplyDpmSolverSettings(settings, request); !status.ok())
+      return status;
   } else {
     if (absl::Status status = CheckRespacing(settings.timestep_respacing); !status.ok()) {
       return status;

@@ -16,8 +16,8 @@
 namespace gd::client {
 
 struct SamplerSettings {
-  std::string sampler = "ddpm";  // ddpm, ddim or dpm++
-  double eta = 0;                // ddim only
+  std::string sampler = "ddpm";    // ddpm, ddim or dpm++
+  double eta = 0;                  // ddim only
   std::string timestep_respacing;  // ddpm and ddim: "250", "ddim25", "10,20,30"; "" = every step
   uint32_t steps = 0;              // dpm++ only, required: model calls
   uint32_t solver_order = 0;       // dpm++ only: 1, 2 or 3; 0 = the server's default (2)

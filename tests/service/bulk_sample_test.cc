@@ -284,8 +284,9 @@ class ResumeTest : public BulkSampleTest {
     server_.sampler().FailNextCalls(100, grpc::StatusCode::INTERNAL, /*after=*/2);
     absl::StatusOr<BulkResult> result = BulkSample(*client_, options);
     EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal);
-    EXPECT_THAT(result.status().message(),
-                HasSubstr(absl::StrCat("the 8 images finished are kept in ", Path("out.npz.parts"))));
+    EXPECT_THAT(
+        result.status().message(),
+        HasSubstr(absl::StrCat("the 8 images finished are kept in ", Path("out.npz.parts"))));
     server_.sampler().FailNextCalls(0, grpc::StatusCode::OK);
     requests_before_ = server_.sampler().sample_requests().size();
     return options;
@@ -309,8 +310,8 @@ TEST_F(ResumeTest, SamplesOnlyTheMissingImages) {
   EXPECT_EQ(files, (std::set<std::string>{"run.textproto", "images_000000000_000004.npz",
                                           "images_000000004_000004.npz"}));
   // A write a kill -9 cut short: ignored and deleted.
-  ASSERT_TRUE(formats::WriteFileBytes(Path("out.npz.parts/images_000000008_000004.npz.tmp"), "PK")
-                  .ok());
+  ASSERT_TRUE(
+      formats::WriteFileBytes(Path("out.npz.parts/images_000000008_000004.npz.tmp"), "PK").ok());
 
   options.resume = true;
   options.images_per_request = 5;  // resuming with another split is fine: images are per index
@@ -319,7 +320,8 @@ TEST_F(ResumeTest, SamplesOnlyTheMissingImages) {
   EXPECT_EQ(result->images_resumed, 8);
   EXPECT_EQ(result->requests, 3);  // 8..12, 13..17, 18..19
   std::vector<uint64_t> firsts;
-  for (const v1::SampleRequest& request : RequestsSince()) firsts.push_back(request.first_image_index());
+  for (const v1::SampleRequest& request : RequestsSince())
+    firsts.push_back(request.first_image_index());
   std::sort(firsts.begin(), firsts.end());
   EXPECT_THAT(firsts, ElementsAreArray({8, 13, 18}));
   EXPECT_EQ(result->samples.images->data, ExpectedPixels(20));
@@ -396,9 +398,9 @@ using BulkCliTest = CliTest;
 absl::StatusOr<SampleSet> ReadNpz(const std::string& path) { return ReadSampleSetNpz(path); }
 
 TEST_F(BulkCliTest, ManyImagesInRequestsSideBySide) {
-  CliResult result = Run({"sample", "--num_samples", "20", "--balanced_labels",
-                          "--images_per_request", "3", "--concurrency", "4", "--seed", "11",
-                          "--npz", Path("out.npz")});
+  CliResult result =
+      Run({"sample", "--num_samples", "20", "--balanced_labels", "--images_per_request", "3",
+           "--concurrency", "4", "--seed", "11", "--npz", Path("out.npz")});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_THAT(result.out, HasSubstr("20 images 3x8x8 from \"tiny\""));
   EXPECT_THAT(result.out, HasSubstr("7 requests in"));
@@ -446,9 +448,16 @@ TEST_F(BulkCliTest, RetriesAreReportedAndBounded) {
 // kill -9 in the middle of a run, then --resume: what was written stays, only the rest is asked.
 TEST_F(BulkCliTest, ResumeAfterKillNineSamplesOnlyWhatIsMissing) {
   server_.sampler().SetDelay(absl::Milliseconds(100));
-  const std::vector<std::string> args = {"sample", "--num_samples", "40", "--balanced_labels",
-                                         "--images_per_request", "2", "--concurrency", "1",
-                                         "--npz", Path("out.npz")};
+  const std::vector<std::string> args = {"sample",
+                                         "--num_samples",
+                                         "40",
+                                         "--balanced_labels",
+                                         "--images_per_request",
+                                         "2",
+                                         "--concurrency",
+                                         "1",
+                                         "--npz",
+                                         Path("out.npz")};
   const pid_t pid = Start(args, /*with_server=*/true);
   ASSERT_GT(pid, 0);
   const std::string parts = Path("out.npz.parts");

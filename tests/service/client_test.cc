@@ -100,7 +100,9 @@ TEST_F(ClientTest, StreamSampleCallbackSeesEveryEventInOrder) {
           steps.push_back(event.step().step());
           absl::StatusOr<formats::Array> x_t = TensorToArray(event.step().x_t(), "x_t");
           EXPECT_TRUE(x_t.ok()) << x_t.status();
-          if (x_t.ok()) EXPECT_EQ(x_t->data, CannedSamples(2, event.step().step() / 100.0f).data);
+          if (x_t.ok()) {
+            EXPECT_EQ(x_t->data, CannedSamples(2, event.step().step() / 100.0f).data);
+          }
         }
         return true;
       });
@@ -486,11 +488,28 @@ TEST_F(CliTest, HealthExitsZeroOnlyWhenServing) {
 }
 
 TEST_F(CliTest, SampleWritesGridNpzAndTensor) {
-  CliResult result =
-      Run({"sample", "--labels", "3,1,4", "--classifier_scale", "2.5", "--sampler", "ddim",
-           "--timestep_respacing", "ddim25", "--seed", "9", "--out", Path("grid.png"), "--npz",
-           Path("samples.npz"), "--tensor_out", Path("samples.npy"), "--columns", "2",
-           "--min_tile_px", "0", "--captions=false"});
+  CliResult result = Run({"sample",
+                          "--labels",
+                          "3,1,4",
+                          "--classifier_scale",
+                          "2.5",
+                          "--sampler",
+                          "ddim",
+                          "--timestep_respacing",
+                          "ddim25",
+                          "--seed",
+                          "9",
+                          "--out",
+                          Path("grid.png"),
+                          "--npz",
+                          Path("samples.npz"),
+                          "--tensor_out",
+                          Path("samples.npy"),
+                          "--columns",
+                          "2",
+                          "--min_tile_px",
+                          "0",
+                          "--captions=false"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_THAT(result.err, IsEmpty());  // no progress bar when stderr is not a terminal
 
@@ -679,16 +698,49 @@ TEST_F(CliTest, BadFlagsFailBeforeAnyCall) {
 TEST_F(CliTest, HelpfullListsEveryFlag) {
   CliResult result = Run({"--helpfull"}, /*with_server=*/false);
   EXPECT_EQ(result.exit_code, 0);
-  for (const char* flag :
-       {"--server", "--labels", "--num_samples", "--balanced_labels", "--random_labels",
-        "--classifier_scale", "--sampler", "--eta", "--timestep_respacing", "--steps",
-        "--solver_order", "--skip_type", "--dynamic_thresholding_ratio", "--seed",
-        "--clip_denoised", "--noise", "--images_per_request", "--concurrency", "--max_retries",
-        "--retry_backoff_s", "--resume", "--out", "--npz", "--tensor_out", "--columns",
-        "--min_tile_px", "--captions", "--every", "--dump_dir", "--strip", "--strip_columns",
-        "--gif", "--gif_frame_ms", "--listen", "--service", "--tls", "--tls_ca", "--tls_cert",
-        "--tls_key", "--tls_server_name", "--auth_token_file", "--timeout_s",
-        "--load_balancing_policy"}) {
+  for (const char* flag : {"--server",
+                           "--labels",
+                           "--num_samples",
+                           "--balanced_labels",
+                           "--random_labels",
+                           "--classifier_scale",
+                           "--sampler",
+                           "--eta",
+                           "--timestep_respacing",
+                           "--steps",
+                           "--solver_order",
+                           "--skip_type",
+                           "--dynamic_thresholding_ratio",
+                           "--seed",
+                           "--clip_denoised",
+                           "--noise",
+                           "--images_per_request",
+                           "--concurrency",
+                           "--max_retries",
+                           "--retry_backoff_s",
+                           "--resume",
+                           "--out",
+                           "--npz",
+                           "--tensor_out",
+                           "--columns",
+                           "--min_tile_px",
+                           "--captions",
+                           "--every",
+                           "--dump_dir",
+                           "--strip",
+                           "--strip_columns",
+                           "--gif",
+                           "--gif_frame_ms",
+                           "--listen",
+                           "--service",
+                           "--tls",
+                           "--tls_ca",
+                           "--tls_cert",
+                           "--tls_key",
+                           "--tls_server_name",
+                           "--auth_token_file",
+                           "--timeout_s",
+                           "--load_balancing_policy"}) {
     EXPECT_THAT(result.out, HasSubstr(absl::StrCat("\n  ", flag, " (default: "))) << flag;
   }
   EXPECT_THAT(result.out, HasSubstr("usage: gd <command>"));

@@ -51,9 +51,10 @@ grpc::Status Check(const v1::SampleRequest& request) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no images asked for");
   }
   if (ImageCount(request) > kTinyMaxImagesPerRequest) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat(ImageCount(request), " images exceed max_images_per_request = ",
-                                     kTinyMaxImagesPerRequest, " of model \"tiny\""));
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat(ImageCount(request), " images exceed max_images_per_request = ",
+                     kTinyMaxImagesPerRequest, " of model \"tiny\""));
   }
   if (IsDpmSolver(request) && request.steps() == 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

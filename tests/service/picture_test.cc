@@ -201,8 +201,8 @@ TEST(PictureTest, MixedColumnsAreNamedUnderEachImage) {
   const int64_t band = (kGlyphHeight + 3) * CaptionScale(options.captions, 64);
   const int64_t row = 64 + band + 2;  // a tile, its caption band, padding
   ASSERT_EQ(grid->height, 2 * row + 2);
-  EXPECT_GT(Ink(*grid, 2 + 64, 2 + 64 + band, 2, 66), 0);              // under image 0
-  EXPECT_GT(Ink(*grid, row + 2 + 64, row + 2 + 64 + band, 2, 66), 0);  // under image 2
+  EXPECT_GT(Ink(*grid, 2 + 64, 2 + 64 + band, 2, 66), 0);                // under image 0
+  EXPECT_GT(Ink(*grid, row + 2 + 64, row + 2 + 64 + band, 2, 66), 0);    // under image 2
   EXPECT_EQ(Ink(*grid, row + 2 + 64, row + 2 + 64 + band, 68, 132), 0);  // image 3: none
 }
 

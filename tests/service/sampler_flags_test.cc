@@ -1,8 +1,6 @@
 // Tests of the sampler flags (client/sampler_settings.h): DPM-Solver++ and dynamic thresholding
 // reach the request, contradictions are refused before any call; of `gd sample` and `gd stream`
 // with them against the fake; and of the run progress display (client/progress.h).
-#include "client/sampler_settings.h"
-
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -10,6 +8,7 @@
 
 #include "absl/strings/str_split.h"
 #include "client/progress.h"
+#include "client/sampler_settings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/service/cli_runner.h"
@@ -92,8 +91,8 @@ TEST(SamplerSettingsTest, ContradictionsAreRefusedWithTheFlagAndValue) {
                    "--solver_order applies to --sampler dpm++ only"});
   cases.push_back({with(ddim, [](auto& s) { s.skip_type = "logSNR"; }),
                    "--skip_type applies to --sampler dpm++ only"});
-  cases.push_back({with(DpmSolver(), [](auto& s) { s.steps = 0; }),
-                   "--sampler dpm++ needs --steps N"});
+  cases.push_back(
+      {with(DpmSolver(), [](auto& s) { s.steps = 0; }), "--sampler dpm++ needs --steps N"});
   cases.push_back({with(DpmSolver(), [](auto& s) { s.solver_order = 4; }),
                    "--solver_order = 4 is not 1, 2 or 3"});
   cases.push_back({with(DpmSolver(), [](auto& s) { s.skip_type = "cosine"; }),

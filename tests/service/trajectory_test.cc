@@ -134,7 +134,9 @@ TEST(StepImagesTest, FromPngsOrTensors) {
     images = StepImages(tensors, StepField::kXt);
     ASSERT_TRUE(images.ok()) << images.status();
     ASSERT_EQ(images->size(), 3u);
-    if (!half) EXPECT_EQ((*images)[2].pixels, ImageOf(x_t, 2).pixels);
+    if (!half) {
+      EXPECT_EQ((*images)[2].pixels, ImageOf(x_t, 2).pixels);
+    }
     EXPECT_EQ((*images)[2].channels, kChannels);
   }
 
