@@ -494,7 +494,8 @@ absl::Status RunSample(SamplerClient& client, BulkSampleOptions options, const O
       BulkSample(client, options, [&progress](const BulkProgress& now) { progress.Update(now); });
   progress.Clear();
   if (!result.ok()) {
-    if (!options.npz_path.empty() && std::filesystem::exists(RunStateDir(options.npz_path))) {
+    if (!options.resume && !options.npz_path.empty() &&
+        std::filesystem::exists(RunStateDir(options.npz_path))) {
       absl::FPrintF(stderr,
                     "gd: the same command with --resume samples only the images still missing\n");
     }
