@@ -499,7 +499,7 @@ TEST_F(BulkCliTest, ResumeAfterKillNineSamplesOnlyWhatIsMissing) {
 }
 
 TEST_F(BulkCliTest, BadRunFlagsFailBeforeAnyCall) {
-  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+  ExpectUsageErrors({
       {{"sample", "--num_samples", "4", "--resume"}, "--resume needs --npz"},
       {{"sample", "--labels", "1", "--balanced_labels", "--num_samples", "1"},
        "give one of --labels, --balanced_labels and --random_labels"},
@@ -512,14 +512,7 @@ TEST_F(BulkCliTest, BadRunFlagsFailBeforeAnyCall) {
        "--concurrency does not apply to `gd stream` (it is for gd sample"},
       {{"stream", "--num_samples", "4", "--random_labels"},
        "--random_labels does not apply to `gd stream`"},
-  };
-  const int calls_before = server_.sampler().calls();
-  for (const auto& [args, message] : cases) {
-    CliResult result = Run(args);
-    EXPECT_EQ(result.exit_code, 2) << message;
-    EXPECT_THAT(result.err, HasSubstr(message));
-  }
-  EXPECT_EQ(server_.sampler().calls(), calls_before);
+  });
 }
 
 }  // namespace

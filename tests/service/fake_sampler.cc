@@ -202,12 +202,8 @@ v1::ModelInfo UnconditionalModel() {
 grpc::Status FakeSampler::Sample(grpc::ServerContext* context, const v1::SampleRequest* request,
                                  v1::SampleResponse* response) {
   Record(context, *request, "Sample");
-  const grpc::Status admitted = Admit();
-  struct Leaving {
-    FakeSampler* fake;
-    ~Leaving() { fake->Leave(); }
-  } leaving{this};
-  if (!admitted.ok()) return admitted;
+  const CallInFlight call(this);
+  if (!call.admitted.ok()) return call.admitted;
   if (request->model() == "slow") return WaitForCancel(context);
   if (grpc::Status status = Check(*request); !status.ok()) return status;
   *response = Result(*request);
@@ -219,12 +215,8 @@ grpc::Status FakeSampler::StreamSample(grpc::ServerContext* context,
                                        grpc::ServerWriter<v1::SampleEvent>* writer) {
   Record(context, *request, "StreamSample");
   ++stream_calls_;
-  const grpc::Status admitted = Admit();
-  struct Leaving {
-    FakeSampler* fake;
-    ~Leaving() { fake->Leave(); }
-  } leaving{this};
-  if (!admitted.ok()) return admitted;
+  const CallInFlight call(this);
+  if (!call.admitted.ok()) return call.admitted;
   if (request->model() == "endless") return StreamUntilCancelled(context, writer);
   if (grpc::Status status = Check(*request); !status.ok()) return status;
   const uint32_t total = Steps(*request);
@@ -327,6 +319,10 @@ void FakeSampler::HoldUntilInFlight(int count) {
   absl::MutexLock lock(&mu_);
   hold_until_in_flight_ = count;
 }
+
+FakeSampler::CallInFlight::CallInFlight(FakeSampler* fake) : fake(fake), admitted(fake->Admit()) {}
+
+FakeSampler::CallInFlight::~CallInFlight() { fake->Leave(); }
 
 grpc::Status FakeSampler::Admit() {
   absl::Duration delay;

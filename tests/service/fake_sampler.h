@@ -117,7 +117,17 @@ class FakeSampler final : public guided_diffusion::v1::Sampler::Service {
   grpc::Status WaitForCancel(grpc::ServerContext* context);
   grpc::Status StreamUntilCancelled(grpc::ServerContext* context,
                                     grpc::ServerWriter<guided_diffusion::v1::SampleEvent>* writer);
-  // What every sampling call goes through first: the hold, the delay and injected failures.
+  // What every sampling call goes through first (the hold, the delay and injected failures),
+  // and its end: one in flight for as long as it lives.
+  struct CallInFlight {
+    explicit CallInFlight(FakeSampler* fake);
+    ~CallInFlight();
+    CallInFlight(const CallInFlight&) = delete;
+    CallInFlight& operator=(const CallInFlight&) = delete;
+
+    FakeSampler* const fake;
+    const grpc::Status admitted;  // OK, or the injected failure
+  };
   grpc::Status Admit();
   void Leave();
 
