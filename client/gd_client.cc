@@ -281,6 +281,13 @@ absl::StatusOr<std::string> SamplerClient::Health(const std::string& service) {
   return HealthCheckResponse::ServingStatus_Name(response.status());
 }
 
+double ContinuousTimestep(const v1::StepEvent& step) {
+  if (step.continuous_timestep() == 0 && step.timestep() != 0) {
+    return static_cast<double>(step.timestep());
+  }
+  return step.continuous_timestep();
+}
+
 // ---- Tensors ------------------------------------------------------------------------------------
 
 absl::StatusOr<formats::Array> TensorToArray(const v1::Tensor& tensor, absl::string_view what) {

@@ -139,6 +139,11 @@ class SamplerClient {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
+// The networks' timestep at a step, on the model's 0..T-1 scale: StepEvent.continuous_timestep
+// (fractional for DPM-Solver++), or StepEvent.timestep from servers that do not send it (0 there
+// while timestep is not).
+double ContinuousTimestep(const guided_diffusion::v1::StepEvent& step);
+
 // ---- Tensors (torch-free) -----------------------------------------------------------------------
 
 // A wire Tensor as an Array of the same dtype (float32, float16 or uint8) and shape. Checks the

@@ -1,6 +1,7 @@
 // gd: the command-line client of the guided-diffusion Sampler service.
 //
 //   gd sample --server HOST:PORT --labels 1,2,3 --out grid.png --npz samples.npz
+//   gd sample --num_samples 5000 --balanced_labels --concurrency 4 --npz samples.npz
 //   gd stream --server HOST:PORT --labels 7 --every 10 --dump_dir steps/
 //   gd stream --server HOST:PORT --labels 1,2 --strip strip.png --gif trajectory.gif
 //   gd view --server HOST:PORT [--listen 127.0.0.1:8080]
@@ -8,23 +9,22 @@
 //   gd health --server HOST:PORT
 //
 // Everything numeric happens on the server; this program validates flags before calling (so a
-// typo never costs a sampling run), turns responses into files (PNG grid, the reference's .npz
-// layout, raw .npy tensors, denoising strips and GIFs: outputs.h, trajectory.h), draws a progress
-// bar when stderr is a terminal (progress.h) and serves the browser viewer (view_server.h). Exit
-// status: 0 on success, 1 when a call or a file write fails, 2 for bad flags.
+// typo never costs a sampling run), runs `gd sample` through the client library's BulkSample
+// (requests of at most K images in flight side by side, retries, resumable: bulk_sample.h), turns
+// results into files (outputs.h, trajectory.h), draws progress on stderr (progress.h) and serves
+// the browser viewer (view_server.h). Which command reads which flag, and the help texts:
+// cli_commands.h. Exit status: 0 on success, 1 when a call or a file write fails, 2 for bad flags.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <iterator>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <utility>
@@ -32,7 +32,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
@@ -41,11 +40,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
+#include "client/bulk_sample.h"
+#include "client/cli_commands.h"
 #include "client/gd_client.h"
 #include "client/http_server.h"
+#include "client/models_table.h"
 #include "client/outputs.h"
 #include "client/progress.h"
+#include "client/run_state.h"
+#include "client/sampler_settings.h"
 #include "client/trajectory.h"
 #include "client/view_server.h"
 #include "core/io/formats/formats.h"
@@ -81,37 +84,77 @@ ABSL_FLAG(std::vector<std::string>, labels, {},
           "Comma-separated class labels, one image per label, e.g. 1,2,3. Required for guidance "
           "and class-conditional models.");
 ABSL_FLAG(uint32_t, num_samples, 0,
-          "Image count for unlabelled requests (unconditional models without guidance). With "
-          "--labels it must be 0 or the label count.");
+          "Image count: of unlabelled images (unconditional models without guidance), or with "
+          "--balanced_labels / --random_labels. With --labels it must be 0 or the label count. "
+          "gd sample splits it into requests of --images_per_request.");
+ABSL_FLAG(bool, balanced_labels, false,
+          "Label the --num_samples images 0, 1, ..., C-1, 0, 1, ... (C = the model's classes).");
+ABSL_FLAG(bool, random_labels, false,
+          "Label the --num_samples images with random classes, drawn from --seed (the same seed "
+          "gives the same labels).");
 ABSL_FLAG(double, classifier_scale, 0,
           "Classifier guidance scale s >= 0 (the paper's classifier scale); 0 = no guidance.");
-ABSL_FLAG(std::string, sampler, "ddpm", "Reverse process: ddpm or ddim.");
-ABSL_FLAG(double, eta, 0, "DDIM noise scale in [0, 1] (0 = deterministic). Must be 0 for ddpm.");
-ABSL_FLAG(std::string, timestep_respacing, "",
-          "Steps to run, as the reference's --timestep_respacing: 250 (evenly spaced), ddim25 "
-          "(DDIM stride), 10,20,30 (steps per equal section); empty = every step.");
 ABSL_FLAG(uint64_t, seed, 0,
-          "Seed of the request's randomness; image i draws from its own stream of (seed, i).");
-ABSL_FLAG(std::optional<bool>, clip_denoised, std::nullopt,
-          "true or false: clip the predicted x_0 to [-1, 1] at every step (server default: true).");
+          "Seed of the run's randomness; image i draws from its own stream of (seed, i), whatever "
+          "the requests it is split into.");
 ABSL_FLAG(std::string, noise, "",
           "Starting noise x_T: .npy float32 (or float16, converted) [N, C, H, W], N = image "
           "count. With --sampler ddim --eta 0 the result is fully determined.");
 
+// ---- Sampler (sample, stream) ----
+ABSL_FLAG(std::string, sampler, "ddpm",
+          "Reverse process: ddpm, ddim or dpm++ (DPM-Solver++, 10-20 steps with --steps).");
+ABSL_FLAG(double, eta, 0, "DDIM noise scale in [0, 1] (0 = deterministic); ddim only.");
+ABSL_FLAG(std::string, timestep_respacing, "",
+          "ddpm and ddim: steps to run, as the reference's --timestep_respacing: 250 (evenly "
+          "spaced), ddim25 (DDIM stride), 10,20,30 (steps per equal section); empty = every step.");
+ABSL_FLAG(uint32_t, steps, 0, "dpm++ only, required: model calls, e.g. 15.");
+ABSL_FLAG(uint32_t, solver_order, 0,
+          "dpm++ only: 1, 2 or 3 (1 = DDIM's update, 2 = the usual 2M); 0 = the server's (2).");
+ABSL_FLAG(std::string, skip_type, "",
+          "dpm++ only: the time grid, logSNR, time_uniform or time_quadratic; empty = logSNR.");
+ABSL_FLAG(double, dynamic_thresholding_ratio, 0,
+          "Any sampler: clamp each predicted x_0 to its R-quantile of |x_0| (Imagen's dynamic "
+          "thresholding), R in (0, 1], e.g. 0.995; 0 = off (static clipping).");
+ABSL_FLAG(std::optional<bool>, clip_denoised, std::nullopt,
+          "true or false: clip the predicted x_0 to [-1, 1] at every step (server default: true).");
+
+// ---- Many images (sample) ----
+ABSL_FLAG(uint32_t, images_per_request, 0,
+          "Images per request; 0 = the model's max_images_per_request (see gd models).");
+ABSL_FLAG(int32_t, concurrency, 2, "Requests in flight at once, 1 to 64.");
+ABSL_FLAG(int32_t, max_retries, 5,
+          "Retries of a request refused with UNAVAILABLE or RESOURCE_EXHAUSTED (waiting "
+          "--retry_backoff_s, doubling up to 30 s), 0 to 100; other errors end the run at once.");
+ABSL_FLAG(double, retry_backoff_s, 1, "Wait before a request's first retry, 0 to 3600 seconds.");
+ABSL_FLAG(bool, resume, false,
+          "Continue an interrupted run with the same flags: the images finished are kept in "
+          "NPZ.parts/ beside --npz, and only the missing ones are sampled.");
+
 // ---- Outputs (sample, stream) ----
-ABSL_FLAG(std::string, out, "", "Write the images as one PNG grid to this file.");
+ABSL_FLAG(std::string, out, "",
+          "Write the images as one PNG grid to this file, scaled up and with class names (see "
+          "--min_tile_px, --captions).");
 ABSL_FLAG(std::string, npz, "",
-          "Write the reference's .npz: arr_0 uint8 [N, H, W, C], arr_1 int64 labels [N].");
+          "Write the reference's .npz: arr_0 uint8 [N, H, W, C], arr_1 int64 labels [N]. gd sample "
+          "keeps finished requests in NPZ.parts/ until the end (see --resume).");
 ABSL_FLAG(std::string, tensor_out, "",
           "Write the final samples as .npy float32 [N, C, H, W] in [-1, 1].");
 ABSL_FLAG(int32_t, columns, 0, "Images per row of the --out grid; 0 = min(N, 10).");
+ABSL_FLAG(int32_t, min_tile_px, 128,
+          "Scale the --out grid's images up (nearest neighbour, by a whole factor) until each is "
+          "at least this many pixels wide, 0 to 4096; 0 or 1 = the model's size.");
+ABSL_FLAG(bool, captions, true,
+          "Write each image's class name under it in the --out grid, when the model has class "
+          "names (once under each column when a column holds one class).");
 
 // ---- Streaming (stream) ----
 ABSL_FLAG(uint32_t, every, 1, "Send a step event every K steps (the last step always comes).");
 ABSL_FLAG(std::string, dump_dir, "",
           "Write each streamed step's x_t and pred_xstart as DIR/x_t_0000.npy, "
           "DIR/pred_xstart_0000.npy, ... (float32 [N, C, H, W], numbered by step, 0 = first "
-          "denoising step). The directory is created if missing.");
+          "denoising step), and DIR/steps.tsv: each step's timestep and continuous timestep. The "
+          "directory is created if missing.");
 ABSL_FLAG(std::string, strip, "",
           "Write a denoising strip PNG: pred_xstart at --strip_columns evenly spaced steps (the "
           "first and the last included), one row per image.");
@@ -137,83 +180,12 @@ namespace v1 = ::guided_diffusion::v1;
 
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
-
-constexpr char kUsage[] =
-    "the command-line client of the guided-diffusion sampling service.\n"
-    "\n"
-    "usage: gd <command> [flags]\n"
-    "  sample  sample images of the given classes:\n"
-    "            gd sample --server HOST:PORT --labels 1,2,3 [--classifier_scale 4]\n"
-    "              [--sampler ddim --timestep_respacing ddim25] [--out grid.png]\n"
-    "              [--npz samples.npz] [--tensor_out samples.npy]\n"
-    "  stream  the same, streaming every (--every K-th) step: [--dump_dir DIR]\n"
-    "            [--strip strip.png [--strip_columns 8]] [--gif trajectory.gif]\n"
-    "  view    a web page to sample and watch every step live: [--listen 127.0.0.1:8080]\n"
-    "  models  list the server's models (--model M: one model)\n"
-    "  health  the server's health (--service S); exit status 0 only when SERVING\n"
-    "\n"
-    "A progress bar is drawn on stderr when it is a terminal. Exit status: 0 success, 1 a failed\n"
-    "call or write, 2 bad flags.";
-
-enum class Command { kSample, kStream, kView, kModels, kHealth };
-
-constexpr std::pair<absl::string_view, Command> kCommands[] = {{"sample", Command::kSample},
-                                                               {"stream", Command::kStream},
-                                                               {"view", Command::kView},
-                                                               {"models", Command::kModels},
-                                                               {"health", Command::kHealth}};
-
-constexpr unsigned Bit(Command command) { return 1u << static_cast<unsigned>(command); }
-constexpr unsigned kSampling = Bit(Command::kSample) | Bit(Command::kStream);
-
-// The flags beyond the connection flags, and the commands that read them. Giving one of them to
-// another command is a mistake the user should hear about rather than have silently ignored.
-struct FlagUse {
-  absl::string_view flag;
-  unsigned commands;
-};
-constexpr FlagUse kCommandFlags[] = {
-    {"model", kSampling | Bit(Command::kModels)},
-    {"labels", kSampling},
-    {"num_samples", kSampling},
-    {"classifier_scale", kSampling},
-    {"sampler", kSampling},
-    {"eta", kSampling},
-    {"timestep_respacing", kSampling},
-    {"seed", kSampling},
-    {"clip_denoised", kSampling},
-    {"noise", kSampling},
-    {"out", kSampling},
-    {"npz", kSampling},
-    {"tensor_out", kSampling},
-    {"columns", kSampling},
-    {"every", Bit(Command::kStream)},
-    {"dump_dir", Bit(Command::kStream)},
-    {"strip", Bit(Command::kStream)},
-    {"strip_columns", Bit(Command::kStream)},
-    {"gif", Bit(Command::kStream)},
-    {"gif_frame_ms", Bit(Command::kStream)},
-    {"listen", Bit(Command::kView)},
-    {"service", Bit(Command::kHealth)},
-};
+constexpr int kMaxRetriesFlag = 100;
+constexpr double kMaxRetryBackoffS = 3600;
+constexpr int32_t kMaxMinTilePx = 4096;
 
 // An error found before any call: printed like the others, but exits with kExitUsage.
 absl::Status UsageError(absl::string_view message) { return absl::InvalidArgumentError(message); }
-
-// Whether the flag was given a value other than its default.
-bool FlagIsSet(absl::string_view name) {
-  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-  return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
-}
-
-absl::Status CheckFlagsApply(absl::string_view command_name, Command command) {
-  for (const FlagUse& use : kCommandFlags) {
-    if ((use.commands & Bit(command)) == 0 && FlagIsSet(use.flag)) {
-      return UsageError(absl::StrCat("--", use.flag, " does not apply to `gd ", command_name, "`"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // ---- Connection ---------------------------------------------------------------------------------
 
@@ -255,7 +227,18 @@ absl::StatusOr<ClientOptions> OptionsFromFlags() {
   return options;
 }
 
-// ---- Request ------------------------------------------------------------------------------------
+// ---- What to sample -----------------------------------------------------------------------------
+
+// The images a sample or stream command asks for, with the settings they share.
+struct ImagesToSample {
+  v1::SampleRequest base;  // model, classifier_scale, seed, sampler settings
+  int64_t count = 0;
+  LabelChoice label_choice = LabelChoice::kGiven;
+  std::vector<int64_t> labels;  // kGiven: one per image, or none
+  std::optional<formats::Array> noise;
+
+  bool labelled() const { return label_choice != LabelChoice::kGiven || !labels.empty(); }
+};
 
 absl::StatusOr<std::vector<int64_t>> ParseLabels(const std::vector<std::string>& texts) {
   std::vector<int64_t> labels;
@@ -268,28 +251,6 @@ absl::StatusOr<std::vector<int64_t>> ParseLabels(const std::vector<std::string>&
     labels.push_back(label);
   }
   return labels;
-}
-
-bool IsPositiveInteger(absl::string_view text) {
-  uint32_t value = 0;
-  return !text.empty() && absl::ascii_isdigit(static_cast<unsigned char>(text[0])) &&
-         absl::SimpleAtoi(text, &value) && value > 0;
-}
-
-// The reference's respacing forms: "", "250", "ddim25", "10,20,30".
-absl::Status CheckRespacing(const std::string& respacing) {
-  if (respacing.empty()) return absl::OkStatus();
-  bool valid = true;
-  if (absl::StartsWith(respacing, "ddim")) {
-    valid = IsPositiveInteger(absl::string_view(respacing).substr(4));
-  } else {
-    for (absl::string_view section : absl::StrSplit(respacing, ',')) {
-      valid &= IsPositiveInteger(section);
-    }
-  }
-  if (valid) return absl::OkStatus();
-  return UsageError(absl::StrCat("--timestep_respacing = \"", respacing,
-                                 "\" is not N, ddimN or N1,N2,... (e.g. 250, ddim25, 10,20,30)"));
 }
 
 // The directory `path` would be written in must exist: found out before sampling, not after.
@@ -306,83 +267,129 @@ absl::Status CheckOutputDirectory(absl::string_view flag, const std::string& pat
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::Tensor> ReadNoise(const std::string& path, size_t image_count) {
+// --noise as float32 [image_count, C, H, W].
+absl::StatusOr<formats::Array> ReadNoise(const std::string& path, int64_t image_count) {
   absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
   if (!bytes.ok()) return UsageError(absl::StrCat("--noise: ", bytes.status().message()));
   absl::StatusOr<formats::Array> noise = formats::ParseNpy(*bytes, path);
   if (noise.ok()) noise = ToFloat32(*std::move(noise), path);
   if (!noise.ok()) return UsageError(absl::StrCat("--noise: ", noise.status().message()));
-  if (noise->shape.size() != 4 || noise->shape[0] != static_cast<int64_t>(image_count)) {
+  if (noise->shape.size() != 4 || noise->shape[0] != image_count) {
     return UsageError(absl::StrCat("--noise \"", path, "\" has shape [",
                                    absl::StrJoin(noise->shape, ", "), "]; expected [", image_count,
                                    ", C, H, W] for ", image_count, " images"));
   }
-  absl::StatusOr<v1::Tensor> tensor = ArrayToTensor(*noise, path);
-  if (!tensor.ok()) return UsageError(absl::StrCat("--noise: ", tensor.status().message()));
-  return tensor;
+  return noise;
 }
 
-// The SampleRequest the flags describe, checked as far as the client can without the model.
-absl::StatusOr<v1::SampleRequest> RequestFromFlags(const Outputs& outputs) {
-  v1::SampleRequest request;
-  request.set_model(absl::GetFlag(FLAGS_model));
+// --labels, --num_samples, --balanced_labels, --random_labels: how many images, labelled how.
+absl::Status CountAndLabelsFromFlags(ImagesToSample& images) {
   absl::StatusOr<std::vector<int64_t>> labels = ParseLabels(absl::GetFlag(FLAGS_labels));
   if (!labels.ok()) return labels.status();
-  request.mutable_labels()->Add(labels->begin(), labels->end());
   const uint32_t num_samples = absl::GetFlag(FLAGS_num_samples);
+  const bool balanced = absl::GetFlag(FLAGS_balanced_labels);
+  const bool random = absl::GetFlag(FLAGS_random_labels);
+  if (int{!labels->empty()} + int{balanced} + int{random} > 1) {
+    return UsageError("give one of --labels, --balanced_labels and --random_labels");
+  }
+  if ((balanced || random) && num_samples == 0) {
+    return UsageError(absl::StrCat("--", balanced ? "balanced" : "random",
+                                   "_labels needs --num_samples N: how many images"));
+  }
   if (labels->empty() && num_samples == 0) {
-    return UsageError("say how many images: --labels 1,2,3 (one per image) or --num_samples N");
+    return UsageError(
+        "say how many images: --labels 1,2,3 (one per image), or --num_samples N (with "
+        "--balanced_labels or --random_labels for labelled images)");
   }
   if (!labels->empty() && num_samples != 0 && num_samples != labels->size()) {
     return UsageError(absl::StrCat("--num_samples = ", num_samples, " but --labels has ",
                                    labels->size(), " labels (give one, or make them agree)"));
   }
-  request.set_num_samples(num_samples);
-  const size_t image_count = labels->empty() ? num_samples : labels->size();
+  images.count = labels->empty() ? num_samples : static_cast<int64_t>(labels->size());
+  images.label_choice =
+      balanced ? LabelChoice::kBalanced : (random ? LabelChoice::kRandom : LabelChoice::kGiven);
+  images.labels = *std::move(labels);
+  return absl::OkStatus();
+}
 
+absl::StatusOr<ImagesToSample> ImagesFromFlags() {
+  ImagesToSample images;
+  if (absl::Status status = CountAndLabelsFromFlags(images); !status.ok()) return status;
+  v1::SampleRequest& base = images.base;
+  base.set_model(absl::GetFlag(FLAGS_model));
   const double scale = absl::GetFlag(FLAGS_classifier_scale);
   if (!std::isfinite(scale) || scale < 0) {
     return UsageError(absl::StrCat("--classifier_scale = ", scale, " must be >= 0"));
   }
-  request.set_classifier_scale(scale);
-  const std::string sampler = absl::GetFlag(FLAGS_sampler);
-  if (sampler == "ddpm") {
-    request.set_sampler(v1::SAMPLER_KIND_DDPM);
-  } else if (sampler == "ddim") {
-    request.set_sampler(v1::SAMPLER_KIND_DDIM);
-  } else {
-    return UsageError(absl::StrCat("--sampler = \"", sampler, "\" is not one of ddpm, ddim"));
-  }
-  const double eta = absl::GetFlag(FLAGS_eta);
-  if (!(eta >= 0 && eta <= 1)) {
-    return UsageError(absl::StrCat("--eta = ", eta, " is outside [0, 1]"));
-  }
-  if (eta != 0 && sampler == "ddpm") {
-    return UsageError(absl::StrCat("--eta = ", eta, " needs --sampler ddim (DDPM has no eta)"));
-  }
-  request.set_eta(eta);
-  const std::string respacing = absl::GetFlag(FLAGS_timestep_respacing);
-  if (absl::Status status = CheckRespacing(respacing); !status.ok()) return status;
-  request.set_timestep_respacing(respacing);
-  request.set_seed(absl::GetFlag(FLAGS_seed));
-  if (const std::optional<bool> clip = absl::GetFlag(FLAGS_clip_denoised); clip.has_value()) {
-    request.mutable_clip_denoised()->set_value(*clip);
-  }
-  if (const std::string noise_path = absl::GetFlag(FLAGS_noise); !noise_path.empty()) {
-    absl::StatusOr<v1::Tensor> noise = ReadNoise(noise_path, image_count);
+  base.set_classifier_scale(scale);
+  base.set_seed(absl::GetFlag(FLAGS_seed));
+  SamplerSettings sampler;
+  sampler.sampler = absl::GetFlag(FLAGS_sampler);
+  sampler.eta = absl::GetFlag(FLAGS_eta);
+  sampler.timestep_respacing = absl::GetFlag(FLAGS_timestep_respacing);
+  sampler.steps = absl::GetFlag(FLAGS_steps);
+  sampler.solver_order = absl::GetFlag(FLAGS_solver_order);
+  sampler.skip_type = absl::GetFlag(FLAGS_skip_type);
+  sampler.dynamic_thresholding_ratio = absl::GetFlag(FLAGS_dynamic_thresholding_ratio);
+  sampler.clip_denoised = absl::GetFlag(FLAGS_clip_denoised);
+  if (absl::Status status = ApplySamplerSettings(sampler, base); !status.ok()) return status;
+  if (const std::string path = absl::GetFlag(FLAGS_noise); !path.empty()) {
+    absl::StatusOr<formats::Array> noise = ReadNoise(path, images.count);
     if (!noise.ok()) return noise.status();
-    *request.mutable_noise() = *std::move(noise);
+    images.noise = *std::move(noise);
   }
+  return images;
+}
 
-  // Only what the outputs need crosses the wire: uint8 images for the grid and the .npz, float32
-  // samples for --tensor_out (the images then come from them, by the same formula as the
-  // server's). No PNGs: the grid is assembled here.
-  v1::OutputOptions* output = request.mutable_output();
-  output->set_skip_png(true);
-  output->set_float32(!outputs.tensor_path.empty());
-  output->set_uint8(outputs.tensor_path.empty() &&
-                    (!outputs.grid_path.empty() || !outputs.npz_path.empty()));
+// gd stream's single request.
+absl::StatusOr<v1::SampleRequest> StreamRequest(const ImagesToSample& images,
+                                                const Outputs& outputs) {
+  v1::SampleRequest request = images.base;
+  request.mutable_labels()->Add(images.labels.begin(), images.labels.end());
+  if (images.labels.empty()) request.set_num_samples(static_cast<uint32_t>(images.count));
+  if (images.noise.has_value()) {
+    absl::StatusOr<v1::Tensor> tensor = ArrayToTensor(*images.noise, "--noise");
+    if (!tensor.ok()) return UsageError(tensor.status().message());
+    *request.mutable_noise() = *std::move(tensor);
+  }
+  *request.mutable_output() = WireOutputs(outputs.Kept());
   return request;
+}
+
+// gd sample's run: --images_per_request, --concurrency, retries, --resume.
+absl::StatusOr<BulkSampleOptions> BulkOptionsFromFlags(ImagesToSample images,
+                                                       const Outputs& outputs) {
+  BulkSampleOptions options;
+  options.base = std::move(images.base);
+  options.num_images = images.count;
+  options.label_choice = images.label_choice;
+  options.labels = std::move(images.labels);
+  options.noise = std::move(images.noise);
+  options.kept = outputs.Kept();
+  options.images_per_request = absl::GetFlag(FLAGS_images_per_request);
+  options.concurrency = absl::GetFlag(FLAGS_concurrency);
+  if (options.concurrency < 1 || options.concurrency > kMaxConcurrency) {
+    return UsageError(absl::StrCat("--concurrency = ", options.concurrency, " is outside [1, ",
+                                   kMaxConcurrency, "]"));
+  }
+  options.retry.max_retries = absl::GetFlag(FLAGS_max_retries);
+  if (options.retry.max_retries < 0 || options.retry.max_retries > kMaxRetriesFlag) {
+    return UsageError(absl::StrCat("--max_retries = ", options.retry.max_retries,
+                                   " is outside [0, ", kMaxRetriesFlag, "]"));
+  }
+  const double backoff_s = absl::GetFlag(FLAGS_retry_backoff_s);
+  if (!(backoff_s >= 0 && backoff_s <= kMaxRetryBackoffS)) {
+    return UsageError(absl::StrCat("--retry_backoff_s = ", backoff_s, " is outside [0, ",
+                                   kMaxRetryBackoffS, "]"));
+  }
+  options.retry.initial_backoff_ms = std::llround(backoff_s * 1000);
+  options.npz_path = outputs.npz_path;
+  options.resume = absl::GetFlag(FLAGS_resume);
+  if (options.resume && options.npz_path.empty()) {
+    return UsageError(
+        "--resume needs --npz: a run keeps its finished images beside it, in NPZ.parts/");
+  }
+  return options;
 }
 
 absl::StatusOr<Outputs> OutputsFromFlags() {
@@ -391,8 +398,14 @@ absl::StatusOr<Outputs> OutputsFromFlags() {
   outputs.npz_path = absl::GetFlag(FLAGS_npz);
   outputs.tensor_path = absl::GetFlag(FLAGS_tensor_out);
   outputs.columns = absl::GetFlag(FLAGS_columns);
+  outputs.min_tile_px = absl::GetFlag(FLAGS_min_tile_px);
+  outputs.captions = absl::GetFlag(FLAGS_captions);
   if (outputs.columns < 0) {
     return UsageError(absl::StrCat("--columns = ", outputs.columns, " must be >= 0 (0 = auto)"));
+  }
+  if (outputs.min_tile_px < 0 || outputs.min_tile_px > kMaxMinTilePx) {
+    return UsageError(absl::StrCat("--min_tile_px = ", outputs.min_tile_px, " is outside [0, ",
+                                   kMaxMinTilePx, "]"));
   }
   for (const auto& [flag, path] :
        {std::pair{"out", &outputs.grid_path}, std::pair{"npz", &outputs.npz_path},
@@ -431,29 +444,98 @@ absl::StatusOr<TrajectoryOptions> TrajectoryFromFlags(const Outputs& outputs) {
   return pictures;
 }
 
+absl::Status MakeDumpDir(const std::string& dump_dir) {
+  if (dump_dir.empty()) return absl::OkStatus();
+  struct stat info;
+  if (mkdir(dump_dir.c_str(), 0777) != 0 && errno != EEXIST) {
+    return UsageError(absl::StrCat("--dump_dir \"", dump_dir, "\": ", std::strerror(errno)));
+  }
+  if (stat(dump_dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
+    return UsageError(absl::StrCat("--dump_dir \"", dump_dir, "\" is not a directory"));
+  }
+  return absl::OkStatus();
+}
+
 // ---- Commands -----------------------------------------------------------------------------------
 
-absl::Status RunSample(SamplerClient& client, v1::SampleRequest request, const Outputs& outputs) {
-  ProgressBar progress;
-  absl::StatusOr<v1::SampleResponse> response;
-  if (progress.enabled()) {
-    // Progress-only step events (no x_t, no pred_xstart): a few bytes per step.
-    request.mutable_stream()->set_every(1);
-    response = client.StreamSample(request, [&progress](const v1::SampleEvent& event) {
-      progress.OnEvent(event);
-      return true;
-    });
-  } else {
-    response = client.Sample(request);
+// " 1x28x28" (C x H x W) of the images kept, or "".
+std::string ImageShape(const SampleSet& set) {
+  if (set.samples.has_value()) {
+    return absl::StrCat(
+        " ", absl::StrJoin(set.samples->shape.begin() + 1, set.samples->shape.end(), "x"));
   }
+  if (set.images.has_value()) {
+    const std::vector<int64_t>& shape = set.images->shape;
+    return absl::StrCat(" ", shape[3], "x", shape[1], "x", shape[2]);
+  }
+  return "";
+}
+
+void PrintRunSummary(const BulkResult& result) {
+  const int64_t count = result.samples.size();
+  const int64_t sampled = count - result.images_resumed;
+  std::string line = absl::StrFormat(
+      "%d %s%s from \"%s\": %d steps, %d %s in %.2f s (%.2f images/s)", count,
+      count == 1 ? "image" : "images", ImageShape(result.samples), result.model.name(),
+      result.steps, result.requests, result.requests == 1 ? "request" : "requests", result.seconds,
+      result.seconds > 0 ? sampled / result.seconds : 0.0);
+  if (result.retries > 0) absl::StrAppend(&line, ", ", result.retries, " retried");
+  if (result.images_resumed > 0) absl::StrAppend(&line, ", ", result.images_resumed, " resumed");
+  if (result.request_ids.size() == 1) absl::StrAppend(&line, ", request ", result.request_ids[0]);
+  absl::PrintF("%s\n", line);
+}
+
+absl::Status RunSample(SamplerClient& client, BulkSampleOptions options, const Outputs& outputs,
+                       bool labelled) {
+  RunProgress progress;
+  // On a terminal the bar moves with every step; elsewhere plain Sample calls do.
+  options.stream_steps = isatty(fileno(stderr)) == 1;
+  absl::StatusOr<BulkResult> result =
+      BulkSample(client, options, [&progress](const BulkProgress& now) { progress.Update(now); });
   progress.Clear();
-  if (!response.ok()) return response.status();
-  return WriteOutputs(*response, outputs);
+  if (!result.ok()) {
+    if (!options.resume && !options.npz_path.empty() &&
+        std::filesystem::exists(RunStateDir(options.npz_path))) {
+      absl::FPrintF(stderr,
+                    "gd: the same command with --resume samples only the images still missing\n");
+    }
+    return result.status();
+  }
+  PrintRunSummary(*result);
+  std::vector<std::string> class_names;
+  if (labelled)
+    class_names.assign(result->model.class_names().begin(), result->model.class_names().end());
+  return WriteOutputs(result->samples, outputs, class_names, /*npz_written=*/true);
+}
+
+void PrintResponseSummary(const v1::SampleResponse& response, const SampleSet& set) {
+  const int64_t count = set.size();
+  const double images_per_second =
+      response.sampling_seconds() > 0 ? count / response.sampling_seconds() : 0;
+  absl::PrintF(
+      "%d %s%s from \"%s\": %d steps in %.2f s (%.2f images/s), queued %.2f s, request %s\n", count,
+      count == 1 ? "image" : "images", ImageShape(set), response.model(), response.steps(),
+      response.sampling_seconds(), images_per_second, response.queue_seconds(),
+      response.request_id());
+}
+
+// The class names for the --out grid's captions, when there is a grid to caption.
+absl::StatusOr<std::vector<std::string>> GridClassNames(SamplerClient& client,
+                                                        const v1::SampleRequest& request,
+                                                        const Outputs& outputs) {
+  if (outputs.grid_path.empty() || !outputs.captions || request.labels_size() == 0) {
+    return std::vector<std::string>();
+  }
+  absl::StatusOr<v1::ModelInfo> model = client.GetModel(request.model());
+  if (!model.ok()) return model.status();
+  return std::vector<std::string>(model->class_names().begin(), model->class_names().end());
 }
 
 absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const Outputs& outputs,
                        const TrajectoryOptions& picture_options) {
   const std::string dump_dir = absl::GetFlag(FLAGS_dump_dir);
+  absl::StatusOr<std::vector<std::string>> class_names = GridClassNames(client, request, outputs);
+  if (!class_names.ok()) return class_names.status();
   TrajectoryRecorder pictures(picture_options);
   v1::StreamOptions* stream = request.mutable_stream();
   stream->set_every(absl::GetFlag(FLAGS_every));
@@ -463,9 +545,11 @@ absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const O
   const bool pictures_only = dump_dir.empty() && (stream->x_t() || stream->pred_xstart());
   stream->set_format(pictures_only ? v1::StreamOptions::FORMAT_PNG
                                    : v1::StreamOptions::FORMAT_TENSOR_FLOAT32);
+  absl::Status step_status;  // a failed write stops the (possibly long) run
+  if (!dump_dir.empty()) step_status = StartStepIndex(dump_dir);
+  if (!step_status.ok()) return step_status;
 
   ProgressBar progress;
-  absl::Status step_status;  // a failed write stops the (possibly long) run
   absl::StatusOr<v1::SampleResponse> response =
       client.StreamSample(request, [&](const v1::SampleEvent& event) {
         progress.OnEvent(event);
@@ -478,7 +562,10 @@ absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const O
   progress.Clear();
   if (!step_status.ok()) return step_status;
   if (!response.ok()) return response.status();
-  if (absl::Status status = WriteOutputs(*response, outputs); !status.ok()) return status;
+  absl::StatusOr<SampleSet> set = SampleSetFromResponse(*response, outputs.Kept());
+  if (!set.ok()) return set.status();
+  PrintResponseSummary(*response, *set);
+  if (absl::Status status = WriteOutputs(*set, outputs, *class_names); !status.ok()) return status;
   return pictures.Finish();
 }
 
@@ -512,14 +599,6 @@ absl::Status RunView(SamplerClient& client, const ListenAddress& listen,
   return absl::OkStatus();
 }
 
-std::string SamplerNames(const v1::ModelInfo& model) {
-  std::vector<std::string> names;
-  for (int kind : model.samplers()) {
-    names.push_back(kind == v1::SAMPLER_KIND_DDIM ? "ddim" : "ddpm");
-  }
-  return absl::StrJoin(names, ",");
-}
-
 absl::Status RunModels(SamplerClient& client) {
   std::vector<v1::ModelInfo> models;
   std::string default_model;
@@ -533,28 +612,7 @@ absl::Status RunModels(SamplerClient& client) {
     models.assign(list->models().begin(), list->models().end());
     default_model = list->default_model();
   }
-  std::vector<std::vector<std::string>> rows = {
-      {"NAME", "SIZE", "CHANNELS", "CLASSES", "CONDITIONAL", "CLASSIFIER", "STEPS", "SAMPLERS"}};
-  for (const v1::ModelInfo& model : models) {
-    rows.push_back({absl::StrCat(model.name(), model.name() == default_model ? " *" : ""),
-                    absl::StrCat(model.image_size()), absl::StrCat(model.channels()),
-                    absl::StrCat(model.num_classes()), model.class_conditional() ? "yes" : "no",
-                    model.has_classifier() ? "yes" : "no", absl::StrCat(model.diffusion_steps()),
-                    SamplerNames(model)});
-  }
-  std::vector<size_t> widths(rows[0].size(), 0);
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      absl::StrAppend(&line, row[i],
-                      i + 1 < row.size() ? std::string(widths[i] - row[i].size() + 2, ' ') : "");
-    }
-    absl::PrintF("%s\n", line);
-  }
-  if (!default_model.empty()) absl::PrintF("* default model\n");
+  absl::PrintF("%s", ModelsTable(models, default_model));
   return absl::OkStatus();
 }
 
@@ -569,44 +627,53 @@ absl::StatusOr<bool> RunHealth(SamplerClient& client) {
 // What the command line asks for, checked as far as possible before any call.
 struct Invocation {
   ClientOptions options;
-  v1::SampleRequest request;   // sample, stream
+  BulkSampleOptions run;       // sample
+  bool labelled = false;       // sample: the images have labels (the grid gets class names)
+  v1::SampleRequest request;   // stream
   Outputs outputs;             // sample, stream
   TrajectoryOptions pictures;  // stream
   ListenAddress listen;        // view
 };
 
-absl::StatusOr<Invocation> InvocationFromFlags(absl::string_view command_name, Command command) {
-  if (absl::Status status = CheckFlagsApply(command_name, command); !status.ok()) return status;
+// The sample and stream parts of the invocation.
+absl::Status SamplingFromFlags(Command command, Invocation& invocation) {
+  absl::StatusOr<Outputs> outputs = OutputsFromFlags();
+  if (!outputs.ok()) return outputs.status();
+  invocation.outputs = *std::move(outputs);
+  absl::StatusOr<ImagesToSample> images = ImagesFromFlags();
+  if (!images.ok()) return images.status();
+  invocation.labelled = images->labelled();
+  if (command == Command::kSample) {
+    absl::StatusOr<BulkSampleOptions> run =
+        BulkOptionsFromFlags(*std::move(images), invocation.outputs);
+    if (!run.ok()) return run.status();
+    invocation.run = *std::move(run);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<v1::SampleRequest> request = StreamRequest(*images, invocation.outputs);
+  if (!request.ok()) return request.status();
+  invocation.request = *std::move(request);
+  absl::StatusOr<TrajectoryOptions> pictures = TrajectoryFromFlags(invocation.outputs);
+  if (!pictures.ok()) return pictures.status();
+  invocation.pictures = *std::move(pictures);
+  return MakeDumpDir(absl::GetFlag(FLAGS_dump_dir));
+}
+
+absl::StatusOr<Invocation> InvocationFromFlags(const CommandInfo& command) {
+  if (absl::Status status = CheckFlagsApply(command); !status.ok()) return status;
   Invocation invocation;
   absl::StatusOr<ClientOptions> options = OptionsFromFlags();
   if (!options.ok()) return options.status();
   invocation.options = *std::move(options);
-  if (command == Command::kSample || command == Command::kStream) {
-    absl::StatusOr<Outputs> outputs = OutputsFromFlags();
-    if (!outputs.ok()) return outputs.status();
-    invocation.outputs = *std::move(outputs);
-    absl::StatusOr<v1::SampleRequest> request = RequestFromFlags(invocation.outputs);
-    if (!request.ok()) return request.status();
-    invocation.request = *std::move(request);
+  if (command.command == Command::kSample || command.command == Command::kStream) {
+    if (absl::Status status = SamplingFromFlags(command.command, invocation); !status.ok()) {
+      return status;
+    }
   }
-  if (command == Command::kStream) {
-    absl::StatusOr<TrajectoryOptions> pictures = TrajectoryFromFlags(invocation.outputs);
-    if (!pictures.ok()) return pictures.status();
-    invocation.pictures = *std::move(pictures);
-  }
-  if (command == Command::kView) {
+  if (command.command == Command::kView) {
     absl::StatusOr<ListenAddress> listen = ParseListenAddress(absl::GetFlag(FLAGS_listen));
     if (!listen.ok()) return UsageError(absl::StrCat("--listen: ", listen.status().message()));
     invocation.listen = *listen;
-  }
-  if (const std::string dump_dir = absl::GetFlag(FLAGS_dump_dir); !dump_dir.empty()) {
-    struct stat info;
-    if (mkdir(dump_dir.c_str(), 0777) != 0 && errno != EEXIST) {
-      return UsageError(absl::StrCat("--dump_dir \"", dump_dir, "\": ", std::strerror(errno)));
-    }
-    if (stat(dump_dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
-      return UsageError(absl::StrCat("--dump_dir \"", dump_dir, "\" is not a directory"));
-    }
   }
   return invocation;
 }
@@ -615,58 +682,26 @@ void PrintError(const absl::Status& status) {
   absl::FPrintF(stderr, "gd: %s: %s\n", absl::StatusCodeToString(status.code()), status.message());
 }
 
-int Main(const std::vector<char*>& positional) {
-  if (positional.size() < 2) {
-    absl::FPrintF(stderr,
-                  "usage: gd <sample|stream|view|models|health> [flags]  (gd --help: flags)\n");
-    return kExitUsage;
-  }
-  const absl::string_view name = positional[1];
-  const auto* found = std::find_if(std::begin(kCommands), std::end(kCommands),
-                                   [name](const auto& entry) { return entry.first == name; });
-  if (found == std::end(kCommands)) {
-    PrintError(UsageError(absl::StrCat("unknown command \"", name,
-                                       "\" (expected sample, stream, view, models or health)")));
-    return kExitUsage;
-  }
-  const Command command = found->second;
-  if (positional.size() > 2) {
-    PrintError(UsageError(absl::StrCat("unexpected argument \"", positional[2], "\"")));
-    return kExitUsage;
-  }
-
-  absl::StatusOr<Invocation> invocation = InvocationFromFlags(name, command);
-  if (!invocation.ok()) {
-    PrintError(invocation.status());
-    return kExitUsage;
-  }
-
-  // `gd view` takes SIGINT/SIGTERM with sigwait: block them before gRPC starts any thread, so
-  // that every thread inherits the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  if (command == Command::kView) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
-  absl::StatusOr<std::unique_ptr<SamplerClient>> client =
-      SamplerClient::Create(invocation->options);
+// Runs the command; its exit status.
+int RunCommand(const CommandInfo& command, Invocation& invocation, const sigset_t& stop_signals) {
+  absl::StatusOr<std::unique_ptr<SamplerClient>> client = SamplerClient::Create(invocation.options);
   if (!client.ok()) {
     PrintError(client.status());
     return kExitFailure;
   }
   absl::Status status;
   bool success = true;
-  switch (command) {
+  switch (command.command) {
     case Command::kSample:
-      status = RunSample(**client, std::move(invocation->request), invocation->outputs);
+      status =
+          RunSample(**client, std::move(invocation.run), invocation.outputs, invocation.labelled);
       break;
     case Command::kStream:
-      status = RunStream(**client, std::move(invocation->request), invocation->outputs,
-                         invocation->pictures);
+      status = RunStream(**client, std::move(invocation.request), invocation.outputs,
+                         invocation.pictures);
       break;
     case Command::kView:
-      status = RunView(**client, invocation->listen, stop_signals);
+      status = RunView(**client, invocation.listen, stop_signals);
       break;
     case Command::kModels:
       status = RunModels(**client);
@@ -685,17 +720,48 @@ int Main(const std::vector<char*>& positional) {
   return success ? 0 : kExitFailure;
 }
 
+int Main(const std::vector<char*>& positional) {
+  if (positional.size() < 2) {
+    absl::FPrintF(stderr,
+                  "usage: gd <sample|stream|view|models|health> [flags]  (gd --help: more)\n");
+    return kExitUsage;
+  }
+  const CommandInfo* command = FindCommand(positional[1]);
+  if (command == nullptr) {
+    PrintError(UsageError(absl::StrCat("unknown command \"", positional[1],
+                                       "\" (expected sample, stream, view, models or health)")));
+    return kExitUsage;
+  }
+  if (positional.size() > 2) {
+    PrintError(UsageError(absl::StrCat("unexpected argument \"", positional[2], "\"")));
+    return kExitUsage;
+  }
+  absl::StatusOr<Invocation> invocation = InvocationFromFlags(*command);
+  if (!invocation.ok()) {
+    PrintError(invocation.status());
+    return kExitUsage;
+  }
+  // `gd view` takes SIGINT/SIGTERM with sigwait: block them before gRPC starts any thread, so
+  // that every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  if (command->command == Command::kView) pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  return RunCommand(*command, *invocation, stop_signals);
+}
+
 }  // namespace
 }  // namespace gd::client
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(gd::client::kUsage);
+  // Our own help: per command, grouped, without the source file's build path (cli_commands.h).
+  if (const std::string help = gd::client::HelpRequested(argc, argv); !help.empty()) {
+    std::fputs(help.c_str(), stdout);
+    return 0;
+  }
+  absl::SetProgramUsageMessage("the command-line client of the guided-diffusion sampling service");
   absl::FlagsUsageConfig usage_config;
-  // --help lists this program's flags, not those of libraries linked in.
-  usage_config.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "gd_main.cc");
-  };
-  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   usage_config.version_string = [] { return std::string("gd 0.1.0\n"); };
   absl::SetFlagsUsageConfig(usage_config);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);

@@ -11,6 +11,8 @@ exit, so nothing generated is checked in or goes stale. Run it with Debian's Pyt
 
     /usr/bin/python3 examples/python/sample_client.py --server localhost:50051 \\
         --labels 1,207,360 --classifier_scale 4 --out_dir samples
+    /usr/bin/python3 examples/python/sample_client.py --labels 0,1,2 --classifier_scale 3 \\
+        --sampler dpm++ --steps 15 --dynamic_thresholding_ratio 0.995
 """
 
 import argparse
@@ -25,6 +27,11 @@ import time
 PROTO_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                           "proto"))
 SAMPLER_PROTO = "guided_diffusion/v1/sampler.proto"
+# The CLI's sampler names, as SamplerKind and SkipType enum value names.
+SAMPLERS = {"ddpm": "SAMPLER_KIND_DDPM", "ddim": "SAMPLER_KIND_DDIM",
+            "dpm++": "SAMPLER_KIND_DPM_SOLVER_PP"}
+SKIP_TYPES = {"logSNR": "SKIP_TYPE_LOGSNR", "time_uniform": "SKIP_TYPE_TIME_UNIFORM",
+              "time_quadratic": "SKIP_TYPE_TIME_QUADRATIC"}
 # Results can be large (float32 [N, 3, 256, 256] is 786 KiB per image); gRPC's default limit on
 # received messages is 4 MiB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -65,9 +72,18 @@ def parse_args():
                         help="classifier guidance scale (0 = no guidance)")
     parser.add_argument("--out_dir", default="samples", help="where the PNGs are written")
     parser.add_argument("--model", default="", help="model name ('' = the server's default)")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm")
+    parser.add_argument("--eta", type=float, default=0.0, help="ddim only: noise in [0, 1]")
     parser.add_argument("--timestep_respacing", default="",
-                        help="e.g. 250, ddim25 ('' = every step of the model)")
+                        help="ddpm and ddim: e.g. 250, ddim25 ('' = every step of the model)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="dpm++ only, required: model calls, e.g. 15")
+    parser.add_argument("--solver_order", type=int, default=0, choices=[0, 1, 2, 3],
+                        help="dpm++ only: 1, 2 or 3 (0 = the server's, 2)")
+    parser.add_argument("--skip_type", choices=[""] + list(SKIP_TYPES), default="",
+                        help="dpm++ only: the time grid ('' = logSNR)")
+    parser.add_argument("--dynamic_thresholding_ratio", type=float, default=0.0,
+                        help="any sampler: Imagen's dynamic thresholding ratio in (0, 1]; 0 = off")
     parser.add_argument("--every", type=int, default=10,
                         help="StreamSample: a pred_xstart preview every K steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -80,6 +96,15 @@ def parse_args():
         parser.error(f"--labels {args.labels!r} is not a comma-separated list of integers")
     if not args.labels:
         parser.error("--labels is empty")
+    # The server checks these too; saying so here saves a round trip.
+    if args.sampler == "dpm++" and args.steps < 1:
+        parser.error("--sampler dpm++ needs --steps N (model calls, e.g. 15)")
+    if args.sampler != "dpm++" and (args.steps or args.solver_order or args.skip_type):
+        parser.error("--steps, --solver_order and --skip_type apply to --sampler dpm++ only")
+    if args.sampler == "dpm++" and args.timestep_respacing:
+        parser.error("--timestep_respacing does not apply to --sampler dpm++: use --steps")
+    if args.eta and args.sampler != "ddim":
+        parser.error("--eta needs --sampler ddim")
     return args
 
 
@@ -100,9 +125,13 @@ def list_models(stub, pb2, call_args):
     print("models:")
     for model in response.models:
         default = " (default)" if model.name == response.default_model else ""
+        names = {v: k for k, v in SAMPLERS.items()}
+        samplers = ",".join(names.get(pb2.SamplerKind.Name(s), str(s)) for s in model.samplers)
+        extra = (f", recommended classifier scale {model.default_classifier_scale:g}"
+                 if model.default_classifier_scale else "")
         print(f"  {model.name}{default}: {model.image_size}x{model.image_size}, "
               f"{model.num_classes} classes, classifier={model.has_classifier}, "
-              f"{model.diffusion_steps} steps")
+              f"{model.diffusion_steps} steps, samplers {samplers}{extra}")
 
 
 def make_request(args, pb2):
@@ -110,8 +139,13 @@ def make_request(args, pb2):
         model=args.model,
         labels=args.labels,
         classifier_scale=args.classifier_scale,
-        sampler=pb2.SAMPLER_KIND_DDIM if args.sampler == "ddim" else pb2.SAMPLER_KIND_DDPM,
+        sampler=pb2.SamplerKind.Value(SAMPLERS[args.sampler]),
+        eta=args.eta,
         timestep_respacing=args.timestep_respacing,
+        steps=args.steps,
+        solver_order=args.solver_order,
+        skip_type=pb2.SkipType.Value(SKIP_TYPES[args.skip_type]) if args.skip_type else 0,
+        dynamic_thresholding_ratio=args.dynamic_thresholding_ratio,
         seed=args.seed,
         # PNGs come by default; also ask for the uint8 array to show Tensor decoding.
         output=pb2.OutputOptions(uint8=True))
@@ -141,7 +175,10 @@ def stream_sample(stub, pb2, args, call_args):
                   f"{event.accepted.queued_images_ahead} images queued ahead")
         elif kind == "step":
             step = event.step
-            print(f"  step {step.step + 1}/{step.total_steps} (t={step.timestep}), "
+            # DPM-Solver++ calls the networks between integer timesteps: show the time they saw
+            # (servers before continuous_timestep send 0 there).
+            t = step.continuous_timestep or step.timestep
+            print(f"  step {step.step + 1}/{step.total_steps} (t={t:g}), "
                   f"{step.images_per_second:.2f} images/s", flush=True)
             for i, png in enumerate(step.pred_xstart_png):
                 write(os.path.join(preview_dir, f"pred_xstart_{step.step:04d}_{i:02d}.png"), png)

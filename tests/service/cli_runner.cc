@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 
 extern char** environ;
 
@@ -78,6 +79,16 @@ CliResult CliTest::Run(std::vector<std::string> args, bool with_server) {
   result.out = ReadFileOrEmpty(Path("stdout.txt"));
   result.err = ReadFileOrEmpty(Path("stderr.txt"));
   return result;
+}
+
+void CliTest::ExpectUsageErrors(const std::vector<UsageCase>& cases) {
+  const int calls_before = server_.sampler().calls();
+  for (const auto& [args, message] : cases) {
+    CliResult result = Run(args);
+    EXPECT_EQ(result.exit_code, 2) << message;
+    EXPECT_THAT(result.err, ::testing::HasSubstr(message));
+  }
+  EXPECT_EQ(server_.sampler().calls(), calls_before);
 }
 
 }  // namespace gd::client

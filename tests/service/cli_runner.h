@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -38,6 +39,11 @@ class CliTest : public ClientTest {
 
   // Runs `gd args...` with stdout and stderr captured in files (so neither is a terminal).
   CliResult Run(std::vector<std::string> args, bool with_server = true);
+
+  // Runs each command line, expecting a usage error (exit status 2) whose message contains the
+  // text given with it, and no call to the server from any of them.
+  using UsageCase = std::pair<std::vector<std::string>, std::string>;
+  void ExpectUsageErrors(const std::vector<UsageCase>& cases);
 
   std::string dir_;
 };

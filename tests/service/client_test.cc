@@ -36,6 +36,7 @@ namespace v1 = ::guided_diffusion::v1;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 // ---- The library against the fake ---------------------------------------------------------------
 
@@ -99,7 +100,9 @@ TEST_F(ClientTest, StreamSampleCallbackSeesEveryEventInOrder) {
           steps.push_back(event.step().step());
           absl::StatusOr<formats::Array> x_t = TensorToArray(event.step().x_t(), "x_t");
           EXPECT_TRUE(x_t.ok()) << x_t.status();
-          if (x_t.ok()) EXPECT_EQ(x_t->data, CannedSamples(2, event.step().step() / 100.0f).data);
+          if (x_t.ok()) {
+            EXPECT_EQ(x_t->data, CannedSamples(2, event.step().step() / 100.0f).data);
+          }
         }
         return true;
       });
@@ -455,11 +458,14 @@ TEST_F(CliTest, ModelsPrintsATable) {
   ASSERT_EQ(lines.size(), 4u) << result.out;
   EXPECT_THAT(lines[0], HasSubstr("NAME"));
   EXPECT_THAT(lines[0], HasSubstr("SAMPLERS"));
+  EXPECT_THAT(lines[0], HasSubstr("MAX_STEPS"));
   std::vector<std::string> tiny = absl::StrSplit(lines[1], ' ', absl::SkipEmpty());
-  EXPECT_THAT(tiny, ElementsAre("tiny", "*", "8", "3", "10", "yes", "yes", "100", "ddpm,ddim"));
+  EXPECT_THAT(tiny, ElementsAre("tiny", "*", "8", "3", "10", "yes", "yes", "100", "ddpm,ddim", "-",
+                                "8", "-", "-"));
   std::vector<std::string> big = absl::StrSplit(lines[2], ' ', absl::SkipEmpty());
-  EXPECT_THAT(big, ElementsAre("uncond-big", "256", "3", "0", "no", "no", "1000", "ddim"));
-  EXPECT_THAT(lines[3], HasSubstr("default"));
+  EXPECT_THAT(big, ElementsAre("uncond-big", "256", "3", "0", "no", "no", "1000", "ddim,dpm++",
+                               "2.5", "4", "500", "50"));
+  EXPECT_THAT(lines[3], HasSubstr("* default model"));
 
   result = Run({"models", "--model", "nope"});
   EXPECT_EQ(result.exit_code, 1);
@@ -482,10 +488,28 @@ TEST_F(CliTest, HealthExitsZeroOnlyWhenServing) {
 }
 
 TEST_F(CliTest, SampleWritesGridNpzAndTensor) {
-  CliResult result =
-      Run({"sample", "--labels", "3,1,4", "--classifier_scale", "2.5", "--sampler", "ddim",
-           "--timestep_respacing", "ddim25", "--seed", "9", "--out", Path("grid.png"), "--npz",
-           Path("samples.npz"), "--tensor_out", Path("samples.npy"), "--columns", "2"});
+  CliResult result = Run({"sample",
+                          "--labels",
+                          "3,1,4",
+                          "--classifier_scale",
+                          "2.5",
+                          "--sampler",
+                          "ddim",
+                          "--timestep_respacing",
+                          "ddim25",
+                          "--seed",
+                          "9",
+                          "--out",
+                          Path("grid.png"),
+                          "--npz",
+                          Path("samples.npz"),
+                          "--tensor_out",
+                          Path("samples.npy"),
+                          "--columns",
+                          "2",
+                          "--min_tile_px",
+                          "0",
+                          "--captions=false"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_THAT(result.err, IsEmpty());  // no progress bar when stderr is not a terminal
 
@@ -507,9 +531,11 @@ TEST_F(CliTest, SampleWritesGridNpzAndTensor) {
   EXPECT_EQ(png.substr(0, 8), "\x89PNG\r\n\x1a\n");
   absl::StatusOr<formats::Image> grid = formats::DecodePng(png, "grid.png");
   ASSERT_TRUE(grid.ok()) << grid.status();
-  EXPECT_EQ(grid->width, 2 * (kImageSize + 2) + 2);   // 2 columns, 2 px padding
+  EXPECT_EQ(grid->width, 2 * (kImageSize + 2) + 2);   // 2 columns, 2 px padding, native size
   EXPECT_EQ(grid->height, 2 * (kImageSize + 2) + 2);  // 3 images: 2 rows
   EXPECT_EQ(grid->channels, 3);
+  struct stat info;
+  EXPECT_NE(stat(Path("samples.npz.parts").c_str(), &info), 0);  // removed once the .npz is in
 
   absl::StatusOr<std::string> npz_bytes = formats::ReadFileBytes(Path("samples.npz"));
   ASSERT_TRUE(npz_bytes.ok()) << npz_bytes.status();
@@ -540,7 +566,8 @@ TEST_F(CliTest, SampleAsksOnlyForWhatItWrites) {
   std::vector<std::string> lines = absl::StrSplit(result.out, '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 1u) << result.out;  // the summary only
   EXPECT_THAT(lines[0], HasSubstr("2 images"));
-  EXPECT_THAT(lines[0], HasSubstr("req-1"));
+  EXPECT_THAT(lines[0], HasSubstr("1 request in"));
+  EXPECT_THAT(lines[0], HasSubstr("request req-1"));
   v1::OutputOptions output = server_.sampler().last_request().output();
   EXPECT_TRUE(output.skip_png());
   EXPECT_FALSE(output.float32());
@@ -666,23 +693,38 @@ TEST_F(CliTest, BadFlagsFailBeforeAnyCall) {
   EXPECT_EQ(Run({}).exit_code, 2);  // no command
 }
 
-TEST_F(CliTest, HelpDocumentsTheFlags) {
-  CliResult result = Run({"--help"}, /*with_server=*/false);
-  const std::string help = result.out + result.err;
+// gd --helpfull lists every flag, under its group, with the commands that read it; nothing is
+// left out of the help's table.
+TEST_F(CliTest, HelpfullListsEveryFlag) {
+  CliResult result = Run({"--helpfull"}, /*with_server=*/false);
+  EXPECT_EQ(result.exit_code, 0);
   for (const char* flag : {"--server",
                            "--labels",
                            "--num_samples",
+                           "--balanced_labels",
+                           "--random_labels",
                            "--classifier_scale",
                            "--sampler",
                            "--eta",
                            "--timestep_respacing",
+                           "--steps",
+                           "--solver_order",
+                           "--skip_type",
+                           "--dynamic_thresholding_ratio",
                            "--seed",
                            "--clip_denoised",
                            "--noise",
+                           "--images_per_request",
+                           "--concurrency",
+                           "--max_retries",
+                           "--retry_backoff_s",
+                           "--resume",
                            "--out",
                            "--npz",
                            "--tensor_out",
                            "--columns",
+                           "--min_tile_px",
+                           "--captions",
                            "--every",
                            "--dump_dir",
                            "--strip",
@@ -690,16 +732,48 @@ TEST_F(CliTest, HelpDocumentsTheFlags) {
                            "--gif",
                            "--gif_frame_ms",
                            "--listen",
+                           "--service",
                            "--tls",
                            "--tls_ca",
                            "--tls_cert",
                            "--tls_key",
+                           "--tls_server_name",
                            "--auth_token_file",
-                           "--timeout_s"}) {
-    EXPECT_THAT(help, HasSubstr(absl::StrCat(flag, " ("))) << flag;
+                           "--timeout_s",
+                           "--load_balancing_policy"}) {
+    EXPECT_THAT(result.out, HasSubstr(absl::StrCat("\n  ", flag, " (default: "))) << flag;
   }
-  EXPECT_THAT(help, HasSubstr("usage: gd <command>"));
-  EXPECT_THAT(help, HasSubstr("  view    a web page"));
+  EXPECT_THAT(result.out, HasSubstr("usage: gd <command>"));
+  EXPECT_THAT(result.out, HasSubstr("  view    a web page"));
+  EXPECT_THAT(result.out, HasSubstr("[gd sample]"));  // --concurrency and friends
+  EXPECT_THAT(result.out, Not(HasSubstr("Not in the help's table")));
+  EXPECT_THAT(result.out, Not(HasSubstr(".cc")));  // no source paths
+}
+
+// gd COMMAND --help: that command's flags only, grouped, with examples, wherever --help stands.
+TEST_F(CliTest, EachCommandHasItsOwnHelp) {
+  CliResult sample = Run({"sample", "--labels", "1", "--help"}, /*with_server=*/false);
+  EXPECT_EQ(sample.exit_code, 0);
+  EXPECT_THAT(sample.out, HasSubstr("usage: gd sample [flags]"));
+  EXPECT_THAT(sample.out, HasSubstr("examples:\n  gd sample --labels"));
+  EXPECT_THAT(sample.out, HasSubstr("--balanced_labels"));
+  for (const char* group : {"\nWhat to sample:\n", "\nSampler:\n", "\nMany images:\n",
+                            "\nOutputs:\n", "\nConnection:\n"}) {
+    EXPECT_THAT(sample.out, HasSubstr(group)) << group;
+  }
+  for (const char* foreign : {"--every", "--listen", "--service", "--strip", "gd_main"}) {
+    EXPECT_THAT(sample.out, Not(HasSubstr(foreign))) << foreign;
+  }
+  CliResult stream = Run({"--help", "stream"}, /*with_server=*/false);
+  EXPECT_THAT(stream.out, HasSubstr("usage: gd stream [flags]"));
+  EXPECT_THAT(stream.out, HasSubstr("--every"));
+  EXPECT_THAT(stream.out, Not(HasSubstr("--concurrency")));
+  CliResult health = Run({"health", "-h"}, /*with_server=*/false);
+  EXPECT_THAT(health.out, HasSubstr("--service"));
+  EXPECT_THAT(health.out, Not(HasSubstr("--labels")));
+  CliResult general = Run({"--help"}, /*with_server=*/false);
+  EXPECT_THAT(general.out, HasSubstr("gd <command> --help"));
+  EXPECT_THAT(general.out, Not(HasSubstr("--labels")));
 }
 
 // With stderr on a terminal, sample draws a progress bar there (and still writes its outputs).
@@ -724,7 +798,7 @@ TEST_F(CliTest, ProgressBarOnATerminal) {
   }
   close(controller);
   EXPECT_EQ(WaitForExit(pid), 0) << drawn;
-  EXPECT_THAT(drawn, HasSubstr("6/6 steps"));
+  EXPECT_THAT(drawn, HasSubstr("2/2 images"));
   EXPECT_THAT(drawn, HasSubstr("images/s"));
   EXPECT_THAT(drawn, HasSubstr("ETA"));
   EXPECT_THAT(ReadFileOrEmpty(Path("stdout.txt")), HasSubstr("2 images"));

@@ -1,5 +1,6 @@
 #include "tests/service/fake_sampler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -8,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace gd::client {
 namespace {
@@ -18,7 +20,12 @@ int64_t ImageCount(const v1::SampleRequest& request) {
   return request.labels_size() > 0 ? request.labels_size() : request.num_samples();
 }
 
+bool IsDpmSolver(const v1::SampleRequest& request) {
+  return request.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP;
+}
+
 uint32_t Steps(const v1::SampleRequest& request) {
+  if (IsDpmSolver(request)) return request.steps();
   uint32_t steps = 0;
   return absl::SimpleAtoi(request.timestep_respacing(), &steps) ? steps : kDefaultSteps;
 }
@@ -43,6 +50,16 @@ grpc::Status Check(const v1::SampleRequest& request) {
   if (ImageCount(request) == 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no images asked for");
   }
+  if (ImageCount(request) > kTinyMaxImagesPerRequest) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat(ImageCount(request), " images exceed max_images_per_request = ",
+                     kTinyMaxImagesPerRequest, " of model \"tiny\""));
+  }
+  if (IsDpmSolver(request) && request.steps() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "steps = 0: DPM-Solver++ needs steps >= 1");
+  }
   return grpc::Status::OK;
 }
 
@@ -54,7 +71,8 @@ v1::SampleResponse Result(const v1::SampleRequest& request) {
   for (int64_t i = 0; i < n; ++i) {
     response.add_labels(request.labels_size() > 0 ? request.labels(i) : 0);
   }
-  const formats::Array samples = CannedSamples(n);
+  const formats::Array samples =
+      CannedSamples(n, 0, static_cast<int64_t>(request.first_image_index()));
   if (!request.output().skip_png()) {
     for (std::string& png : SamplesToPngs(samples)) response.add_png(std::move(png));
   }
@@ -71,8 +89,8 @@ v1::SampleResponse Result(const v1::SampleRequest& request) {
 
 // ---- Canned data --------------------------------------------------------------------------------
 
-float CannedValue(int64_t n, int64_t c, int64_t y, int64_t x) {
-  return -1.0f + 2.0f * static_cast<float>((n * 7 + c * 5 + y * 3 + x) % 17) / 16.0f;
+float CannedValue(int64_t image, int64_t c, int64_t y, int64_t x) {
+  return -1.0f + 2.0f * static_cast<float>((image * 7 + c * 5 + y * 3 + x) % 17) / 16.0f;
 }
 
 formats::Array FloatArray(std::vector<int64_t> shape, const std::vector<float>& values) {
@@ -89,9 +107,9 @@ std::vector<float> Floats(const formats::Array& array) {
   return values;
 }
 
-formats::Array CannedSamples(int64_t n, float offset) {
+formats::Array CannedSamples(int64_t n, float offset, int64_t first_image) {
   std::vector<float> values;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = first_image; i < first_image + n; ++i) {
     for (int64_t c = 0; c < kChannels; ++c) {
       for (int64_t y = 0; y < kImageSize; ++y) {
         for (int64_t x = 0; x < kImageSize; ++x) values.push_back(CannedValue(i, c, y, x) + offset);
@@ -101,12 +119,12 @@ formats::Array CannedSamples(int64_t n, float offset) {
   return FloatArray({n, kChannels, kImageSize, kImageSize}, values);
 }
 
-formats::Array CannedXt(int64_t n, uint32_t step) {
-  return CannedSamples(n, static_cast<float>(step) / 100);
+formats::Array CannedXt(int64_t n, uint32_t step, int64_t first_image) {
+  return CannedSamples(n, static_cast<float>(step) / 100, first_image);
 }
 
-formats::Array CannedPredXstart(int64_t n, uint32_t step) {
-  return CannedSamples(n, -static_cast<float>(step) / 100);
+formats::Array CannedPredXstart(int64_t n, uint32_t step, int64_t first_image) {
+  return CannedSamples(n, -static_cast<float>(step) / 100, first_image);
 }
 
 std::vector<std::string> SamplesToPngs(const formats::Array& samples) {
@@ -152,6 +170,7 @@ v1::ModelInfo TinyModel() {
   model.set_diffusion_steps(100);
   model.add_samplers(v1::SAMPLER_KIND_DDPM);
   model.add_samplers(v1::SAMPLER_KIND_DDIM);
+  model.set_max_images_per_request(kTinyMaxImagesPerRequest);
   for (const char* name : {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                            "Sneaker", "Bag", "Ankle boot"}) {
     model.add_class_names(name);
@@ -169,7 +188,12 @@ v1::ModelInfo UnconditionalModel() {
   model.set_diffusion_steps(1000);
   model.clear_samplers();
   model.add_samplers(v1::SAMPLER_KIND_DDIM);
+  model.add_samplers(v1::SAMPLER_KIND_DPM_SOLVER_PP);
   model.clear_class_names();
+  model.set_max_images_per_request(4);
+  model.set_default_classifier_scale(2.5);
+  model.set_max_steps(500);
+  model.set_max_classifier_scale(50);
   return model;
 }
 
@@ -178,6 +202,8 @@ v1::ModelInfo UnconditionalModel() {
 grpc::Status FakeSampler::Sample(grpc::ServerContext* context, const v1::SampleRequest* request,
                                  v1::SampleResponse* response) {
   Record(context, *request, "Sample");
+  const CallInFlight call(this);
+  if (!call.admitted.ok()) return call.admitted;
   if (request->model() == "slow") return WaitForCancel(context);
   if (grpc::Status status = Check(*request); !status.ok()) return status;
   *response = Result(*request);
@@ -189,10 +215,13 @@ grpc::Status FakeSampler::StreamSample(grpc::ServerContext* context,
                                        grpc::ServerWriter<v1::SampleEvent>* writer) {
   Record(context, *request, "StreamSample");
   ++stream_calls_;
+  const CallInFlight call(this);
+  if (!call.admitted.ok()) return call.admitted;
   if (request->model() == "endless") return StreamUntilCancelled(context, writer);
   if (grpc::Status status = Check(*request); !status.ok()) return status;
   const uint32_t total = Steps(*request);
   const int64_t n = ImageCount(*request);
+  const auto first_image = static_cast<int64_t>(request->first_image_index());
   v1::SampleEvent event;
   v1::Accepted* accepted = event.mutable_accepted();
   accepted->set_request_id("req-1");
@@ -207,9 +236,10 @@ grpc::Status FakeSampler::StreamSample(grpc::ServerContext* context,
     step_event->set_step(step);
     step_event->set_total_steps(total);
     step_event->set_timestep(total - 1 - step);
+    step_event->set_continuous_timestep(total - 1 - step + (IsDpmSolver(*request) ? 0.25 : 0.0));
     step_event->set_images_per_second(1.5);
-    const formats::Array x_t = CannedXt(n, step);
-    const formats::Array pred_xstart = CannedPredXstart(n, step);
+    const formats::Array x_t = CannedXt(n, step, first_image);
+    const formats::Array pred_xstart = CannedPredXstart(n, step, first_image);
     if (stream.format() == v1::StreamOptions::FORMAT_PNG) {
       if (stream.x_t()) {
         for (std::string& png : SamplesToPngs(x_t)) step_event->add_x_t_png(std::move(png));
@@ -267,6 +297,66 @@ std::string FakeSampler::last_method() {
   return last_method_;
 }
 
+std::vector<v1::SampleRequest> FakeSampler::sample_requests() {
+  absl::MutexLock lock(&mu_);
+  return sample_requests_;
+}
+
+void FakeSampler::FailNextCalls(int count, grpc::StatusCode code, int after) {
+  absl::MutexLock lock(&mu_);
+  successes_before_failures_ = after;
+  failures_left_ = count;
+  failures_injected_ = 0;
+  failure_code_ = code;
+}
+
+void FakeSampler::SetDelay(absl::Duration delay) {
+  absl::MutexLock lock(&mu_);
+  delay_ = delay;
+}
+
+void FakeSampler::HoldUntilInFlight(int count) {
+  absl::MutexLock lock(&mu_);
+  hold_until_in_flight_ = count;
+}
+
+FakeSampler::CallInFlight::CallInFlight(FakeSampler* fake) : fake(fake), admitted(fake->Admit()) {}
+
+FakeSampler::CallInFlight::~CallInFlight() { fake->Leave(); }
+
+grpc::Status FakeSampler::Admit() {
+  absl::Duration delay;
+  {
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+    max_in_flight_ = std::max(max_in_flight_.load(), in_flight_);
+    if (hold_until_in_flight_ > 0) {
+      auto enough = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return in_flight_ >= hold_until_in_flight_;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+      hold_until_in_flight_ = 0;  // once: the calls after these go straight through
+    }
+    delay = delay_;
+  }
+  absl::SleepFor(delay);
+  absl::MutexLock lock(&mu_);
+  if (failures_left_ == 0) return grpc::Status::OK;
+  if (successes_before_failures_ > 0) {
+    --successes_before_failures_;
+    return grpc::Status::OK;
+  }
+  --failures_left_;
+  ++failures_injected_;
+  return grpc::Status(failure_code_, absl::StrCat("injected failure ", failures_injected_, " of ",
+                                                  failures_injected_ + failures_left_));
+}
+
+void FakeSampler::Leave() {
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
+}
+
 std::string FakeSampler::last_authorization() {
   absl::MutexLock lock(&mu_);
   return last_authorization_;
@@ -283,6 +373,9 @@ void FakeSampler::Record(grpc::ServerContext* context, const v1::SampleRequest& 
   absl::MutexLock lock(&mu_);
   last_method_ = method;
   last_request_ = request;
+  if (absl::string_view(method) == "Sample" || absl::string_view(method) == "StreamSample") {
+    sample_requests_.push_back(request);
+  }
   last_authorization_.clear();
   auto it = context->client_metadata().find("authorization");
   if (it != context->client_metadata().end()) {
