@@ -112,13 +112,7 @@ absl::StatusOr<TrainSummary> TrainEvaluator(const ReferenceFlags& flags, const T
     int64_t step = 0;
     ASSIGN_OR_RETURN(std::string resume, train::ResolveResume(o.resume_checkpoint, o.out));
     if (!resume.empty()) {
-      step = *train::StepFromPath(resume);
-      ASSIGN_OR_RETURN(StateDict weights, ReadCheckpoint(resume));
-      RETURN_IF_ERROR(LoadStateDict(*net, weights, "evaluator", resume));
-      const std::string opt_path =
-          train::CheckpointPath(fs::path(resume).parent_path().string(), "opt", step);
-      ASSIGN_OR_RETURN(StateDict opt_state, ReadCheckpoint(opt_path));
-      RETURN_IF_ERROR(optimizer.LoadState(opt_state));
+      ASSIGN_OR_RETURN(step, train::LoadModelAndOptimizer(resume, *net, optimizer, "evaluator"));
       std::cerr << "[evaluator] resumed from " << resume << " at step " << step << std::endl;
     }
     const int64_t end = o.max_steps > 0 ? std::min(o.iterations, o.max_steps) : o.iterations;
@@ -134,12 +128,7 @@ absl::StatusOr<TrainSummary> TrainEvaluator(const ReferenceFlags& flags, const T
     auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
       const std::map<std::string, std::string> meta = {
           {"step", std::to_string(at)}, {"kind", "evaluator"}, {"flags", ToFlagString(config)}};
-      const std::string path = train::CheckpointPath(o.out, "model", at);
-      RETURN_IF_ERROR(train::SaveState(path, ModuleStateDict(*net), meta));
-      RETURN_IF_ERROR(
-          train::SaveState(train::CheckpointPath(o.out, "opt", at), optimizer.State(), meta));
-      train::PruneCheckpoints(o.out, o.keep_checkpoints);
-      return path;
+      return train::SaveModelAndOptimizer(o.out, at, *net, optimizer, meta, o.keep_checkpoints);
     };
     auto evaluate = [&](int64_t at) {
       torch::NoGradGuard no_grad;
