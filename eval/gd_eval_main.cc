@@ -89,7 +89,6 @@ absl::Status Score(const std::vector<std::string>& args) {
                    gd::eval::LoadBatch(evaluator, args[1], absl::GetFlag(FLAGS_split),
                                        absl::GetFlag(FLAGS_limit)));
   ASSIGN_OR_RETURN(gd::eval::Scores scores, gd::eval::Score(evaluator, reference, samples));
-  scores.samples = absl::StrCat(args[1], ": ", scores.samples);
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << gd::eval::ToJson(scores).dump(2) << "\n";
   } else {
