@@ -6,6 +6,8 @@
 #   scripts/train-bundled-model.sh diffusion [STEPS]    # default 20000 steps in total
 #   scripts/train-bundled-model.sh classifier [STEPS]   # default 4000 steps in total
 #   scripts/train-bundled-model.sh export               # copy the newest weights to models/
+#   scripts/train-bundled-model.sh evaluator [STEPS]    # gd-eval's clean classifier, 4000 steps
+#   scripts/train-bundled-model.sh export-evaluator     # copy it and its test accuracy to models/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${GD_BIN:-build/bin}
@@ -24,6 +26,10 @@ CLASSIFIER_FLAGS="--image_size 28 --in_channels 1 --num_classes 10 --classifier_
 --classifier_num_head_channels 32 --classifier_pool attention \
 --classifier_use_scale_shift_norm True --classifier_resblock_updown True \
 --noise_schedule cosine --diffusion_steps 1000"
+# gd-eval's evaluator: a plain CNN classifier of clean images (eval/evaluator.h).
+EVALUATOR_FLAGS="--image_size 28 --in_channels 1 --num_classes 10 --evaluator_channels 32,64,128 \
+--evaluator_feature_channels 256 --evaluator_spatial_stage 1 --evaluator_spatial_channels 7 \
+--evaluator_dropout 0.3"
 
 case "${1:-}" in
   diffusion)
@@ -67,8 +73,24 @@ case "${1:-}" in
 JSON
     echo "exported $diffusion and $classifier to $out"
     ;;
+  evaluator)
+    steps=${2:-4000}
+    # shellcheck disable=SC2086
+    exec nice -n 19 "$BIN/gd-train" evaluator --data "$DATA" \
+      --out "$RUNS/fashion-mnist-evaluator" $EVALUATOR_FLAGS --batch_size 128 --lr 2e-3 \
+      --weight_decay 0.05 --iterations "$steps" --anneal_lr True --eval_interval 500 \
+      --eval_samples 2000 --log_interval 100 --save_interval 500 --keep_checkpoints 2 \
+      --threads "$THREADS" --seed 3 --resume_checkpoint latest
+    ;;
+  export-evaluator)
+    # gd-train evaluator wrote these at its end, with the whole test set's accuracy.
+    cp "$RUNS/fashion-mnist-evaluator/evaluator.safetensors" models/fashion-mnist/
+    cp "$RUNS/fashion-mnist-evaluator/evaluator.json" models/fashion-mnist/
+    grep test_accuracy models/fashion-mnist/evaluator.json
+    ;;
   *)
-    echo "usage: $0 diffusion [STEPS] | classifier [STEPS] | export" >&2
+    echo "usage: $0 diffusion [STEPS] | classifier [STEPS] | export | evaluator [STEPS] |" \
+      "export-evaluator" >&2
     exit 2
     ;;
 esac

@@ -90,15 +90,9 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
     auto resume = train::ResolveResume(o.resume_checkpoint, o.out);
     if (!resume.ok()) return resume.status();
     if (!resume->empty()) {
-      step = *train::StepFromPath(*resume);
-      auto weights = ReadCheckpoint(*resume);
-      if (!weights.ok()) return weights.status();
-      if (auto s = LoadStateDict(*model, *weights, "classifier", *resume); !s.ok()) return s;
-      const std::string opt_path =
-          train::CheckpointPath(fs::path(*resume).parent_path().string(), "opt", step);
-      auto opt_state = ReadCheckpoint(opt_path);
-      if (!opt_state.ok()) return opt_state.status();
-      if (auto s = optimizer.LoadState(*opt_state); !s.ok()) return s;
+      auto loaded = train::LoadModelAndOptimizer(*resume, *model, optimizer, "classifier");
+      if (!loaded.ok()) return loaded.status();
+      step = *loaded;
       std::cerr << "[classifier] resumed from " << *resume << " at step " << step << std::endl;
     }
 
@@ -117,15 +111,8 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
     auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
       const std::map<std::string, std::string> meta = {
           {"step", std::to_string(at)}, {"kind", "classifier"}, {"classifier_flags", flag_string}};
-      const std::string path = train::CheckpointPath(o.out, "model", at);
-      if (auto s = train::SaveState(path, ModuleStateDict(*model), meta); !s.ok()) return s;
-      if (auto s = train::SaveState(train::CheckpointPath(o.out, "opt", at), optimizer.State(),
-                                    meta);
-          !s.ok()) {
-        return s;
-      }
-      train::PruneCheckpoints(o.out, o.keep_checkpoints);
-      return path;
+      return train::SaveModelAndOptimizer(o.out, at, *model, optimizer, meta,
+                                          o.keep_checkpoints);
     };
     auto evaluate = [&](int64_t at) {
       torch::NoGradGuard no_grad;

@@ -12,14 +12,20 @@ namespace gd {
 std::vector<FlagSpec> TrainFlagSpecs(TrainKind kind) {
   using T = FlagSpec::Type;
   const bool diffusion = kind == TrainKind::kDiffusion;
+  const bool evaluator = kind == TrainKind::kEvaluator;
+  // A default that differs by kind: diffusion, classifier, evaluator.
+  auto by_kind = [kind](const char* diffusion, const char* classifier, const char* evaluator) {
+    if (kind == TrainKind::kDiffusion) return diffusion;
+    return kind == TrainKind::kClassifier ? classifier : evaluator;
+  };
   std::vector<FlagSpec> specs = {
       {"data", T::kString, "", "training data: IDX directory, PNG folder or .npz"},
       {"out", T::kString, "", "output folder for checkpoints and metrics"},
       {"seed", T::kInt, "0", "seed of every random draw (data, timesteps, noise, dropout)"},
       {"max_steps", T::kInt, "0", "stop once this many steps are done in total (0: schedule end)"},
-      {"lr", T::kFloat, diffusion ? "1e-4" : "3e-4", "AdamW learning rate"},
+      {"lr", T::kFloat, by_kind("1e-4", "3e-4", "1e-3"), "AdamW learning rate"},
       {"weight_decay", T::kFloat, "0.0", "AdamW decoupled weight decay"},
-      {"batch_size", T::kInt, diffusion ? "1" : "4", "images per step"},
+      {"batch_size", T::kInt, by_kind("1", "4", "128"), "images per step"},
       {"microbatch", T::kInt, "-1", "images per forward/backward (-1: the whole batch)"},
       {"schedule_sampler", T::kString, "uniform", "timestep sampler: uniform, loss-second-moment"},
       {"log_interval", T::kInt, "10", "steps between metric lines"},
@@ -34,12 +40,18 @@ std::vector<FlagSpec> TrainFlagSpecs(TrainKind kind) {
     specs.push_back({"ema_rate", T::kString, "0.9999", "comma-separated EMA rates"});
     specs.push_back({"lr_anneal_steps", T::kInt, "0", "anneal lr to 0 over N steps, then stop"});
   } else {
+    // The classifiers: the noisy one of classifier_train.py, and gd-eval's clean evaluator.
     specs.push_back({"val_data", T::kString, "", "held-out data (\"\": test split of --data)"});
-    specs.push_back({"iterations", T::kInt, "150000", "total training steps"});
-    specs.push_back({"anneal_lr", T::kBool, "false", "anneal lr linearly to 0 over iterations"});
-    specs.push_back({"noised", T::kBool, "true", "train on q_sample-noised images"});
-    specs.push_back({"eval_interval", T::kInt, "5", "steps between held-out evaluations"});
-    specs.push_back({"eval_samples", T::kInt, "0", "held-out images per evaluation (0: batch)"});
+    specs.push_back({"iterations", T::kInt, evaluator ? "6000" : "150000", "total training steps"});
+    specs.push_back({"anneal_lr", T::kBool, evaluator ? "true" : "false",
+                     "anneal lr linearly to 0 over iterations"});
+    if (!evaluator) {
+      specs.push_back({"noised", T::kBool, "true", "train on q_sample-noised images"});
+    }
+    specs.push_back(
+        {"eval_interval", T::kInt, evaluator ? "500" : "5", "steps between held-out evaluations"});
+    specs.push_back({"eval_samples", T::kInt, evaluator ? "2000" : "0",
+                     "held-out images per evaluation (0: batch)"});
   }
   return specs;
 }
@@ -76,7 +88,7 @@ absl::StatusOr<TrainOptions> TrainOptionsFromFlags(TrainKind kind, const Referen
     o.val_data = flags.Get("val_data");
     o.iterations = flags.GetInt("iterations");
     o.anneal_lr = flags.GetBool("anneal_lr");
-    o.noised = flags.GetBool("noised");
+    o.noised = kind == TrainKind::kClassifier && flags.GetBool("noised");
     o.eval_interval = flags.GetInt("eval_interval");
     o.eval_samples = flags.GetInt("eval_samples");
   }

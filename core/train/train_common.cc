@@ -107,6 +107,36 @@ absl::Status SaveState(const std::string& path, const StateDict& state,
   return WriteSafetensors(path, state, metadata);
 }
 
+absl::StatusOr<std::string> SaveModelAndOptimizer(
+    const std::string& out, int64_t step, const torch::nn::Module& model, const AdamW& optimizer,
+    const std::map<std::string, std::string>& metadata, int64_t keep) {
+  const std::string path = CheckpointPath(out, "model", step);
+  if (auto s = SaveState(path, ModuleStateDict(model), metadata); !s.ok()) return s;
+  if (auto s = SaveState(CheckpointPath(out, "opt", step), optimizer.State(), metadata); !s.ok()) {
+    return s;
+  }
+  PruneCheckpoints(out, keep);
+  return path;
+}
+
+absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
+                                              torch::nn::Module& model, AdamW& optimizer,
+                                              const std::string& what) {
+  const std::optional<int64_t> step = StepFromPath(model_path);
+  if (!step) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_path, " is not named model_NNNNNN.safetensors"));
+  }
+  auto weights = ReadCheckpoint(model_path);
+  if (!weights.ok()) return weights.status();
+  if (auto s = LoadStateDict(model, *weights, what, model_path); !s.ok()) return s;
+  auto opt_state =
+      ReadCheckpoint(CheckpointPath(fs::path(model_path).parent_path().string(), "opt", *step));
+  if (!opt_state.ok()) return opt_state.status();
+  if (auto s = optimizer.LoadState(*opt_state); !s.ok()) return s;
+  return *step;
+}
+
 MetricsLog::MetricsLog(const std::string& path, std::string tag, int64_t num_timesteps,
                        int64_t total_steps, int64_t start_step)
     : file_(path, std::ios::app),

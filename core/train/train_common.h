@@ -39,6 +39,17 @@ void PruneCheckpoints(const std::string& out, int64_t keep);
 absl::Status SaveState(const std::string& path, const StateDict& state,
                        const std::map<std::string, std::string>& metadata);
 
+// The classifiers' checkpoints (noisy classifier, gd-eval's evaluator): model_NNNNNN and
+// opt_NNNNNN.safetensors in `out`, then all but the newest `keep` pruned. Returns the model path.
+absl::StatusOr<std::string> SaveModelAndOptimizer(
+    const std::string& out, int64_t step, const torch::nn::Module& model, const AdamW& optimizer,
+    const std::map<std::string, std::string>& metadata, int64_t keep);
+// Loads what SaveModelAndOptimizer wrote at `model_path` (and the opt_ file beside it) into
+// `model` and `optimizer`; returns the step. `what` names the model in errors.
+absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
+                                              torch::nn::Module& model, AdamW& optimizer,
+                                              const std::string& what);
+
 class MetricsLog {
  public:
   MetricsLog(const std::string& path, std::string tag, int64_t num_timesteps, int64_t total_steps,

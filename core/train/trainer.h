@@ -3,7 +3,8 @@
 // sigma is learned, with AdamW, EMA copies and linear learning-rate annealing; a noisy classifier
 // on q_sample-noised images with cross-entropy. Both resume exactly: weights, EMA, optimizer and
 // schedule-sampler state are in the checkpoint, and every step's randomness is derived from
-// (seed, step), so a resumed run draws what an uninterrupted one would have.
+// (seed, step), so a resumed run draws what an uninterrupted one would have. gd-eval's evaluator
+// (a classifier of clean images, eval/) shares these flags and the training loop.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@
 
 namespace gd {
 
-enum class TrainKind { kDiffusion, kClassifier };
+enum class TrainKind { kDiffusion, kClassifier, kEvaluator };
 
 // gd-train's own flags (beyond the model and diffusion flags of ReferenceFlags), with the
 // defaults of image_train.py / classifier_train.py for that kind.
@@ -36,7 +37,7 @@ struct TrainOptions {
   int64_t lr_anneal_steps = 0;    // diffusion: anneal to 0 over this many steps, then stop
   int64_t iterations = 150000;    // classifier: total steps
   bool anneal_lr = false;         // classifier: anneal to 0 over `iterations`
-  bool noised = true;             // classifier: train on q_sample-noised inputs
+  bool noised = true;             // classifier: train on q_sample-noised inputs (evaluator: never)
   std::string schedule_sampler = "uniform";
   int64_t log_interval = 10;
   int64_t save_interval = 10000;

@@ -23,12 +23,13 @@ def main():
         for name in missing:
             failures.append(f"--{name} ({where}) is not in docs/flags.md")
 
-    for source in ("server/server_main.cc", "client/gd_main.cc", "bench/gd_bench.cc"):
+    for source in ("server/server_main.cc", "client/gd_main.cc", "bench/gd_bench.cc",
+                   "eval/gd_eval_main.cc"):
         text = (root / source).read_text()
         need(re.findall(r"ABSL_FLAG\(\s*[^,]+,\s*([a-z0-9_]+)\s*,", text), source)
     reference = (root / "core/nn/config.cc").read_text()
     need(re.findall(r'\{"([a-z0-9_]+)", Type::k', reference), "reference model flags")
-    for kind in ("diffusion", "classifier"):
+    for kind in ("diffusion", "classifier", "evaluator"):
         out = subprocess.run([gd_train, "help", kind], capture_output=True, text=True, check=True)
         need(re.findall(r"^\s+--([a-z0-9_]+)", out.stdout, re.M), f"gd-train {kind}")
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Plots a gd-eval sweep: FID, precision, recall, IS and label agreement against the classifier
+scale, one line per sampler setting, the real-data row (when present) as a dashed line.
+
+Usage (Debian's Python with matplotlib: apt-get install python3-matplotlib):
+  /usr/bin/python3 scripts/plot-sweep.py runs/sweep/sweep.csv [-o runs/sweep/sweep.png]
+"""
+import argparse
+import csv
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS = [
+    ("fid", "FID (lower is better)"),
+    ("precision", "precision (fidelity)"),
+    ("recall", "recall (diversity)"),
+    ("inception_score", "IS"),
+    ("agreement", "label agreement"),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("csv", help="sweep.csv written by gd-eval sweep")
+    parser.add_argument("-o", "--out", help="PNG to write (default: beside the CSV)")
+    args = parser.parse_args()
+    out = args.out or os.path.splitext(args.csv)[0] + ".png"
+
+    series = defaultdict(list)
+    real = None
+    with open(args.csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["sampler"] == "real":
+                real = row
+            else:
+                series[f'{row["sampler"]} {row["steps"]}'].append(row)
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    for ax, (key, title) in zip(axes, METRICS):
+        for name, rows in sorted(series.items()):
+            points = [(float(r["classifier_scale"]), float(r[key])) for r in rows if r[key]]
+            points.sort()
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        if real is not None and real[key]:
+            ax.axhline(float(real[key]), color="grey", linestyle="--", label="real images")
+        ax.set_title(title)
+        ax.set_xlabel("classifier scale")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    num_samples = next(iter(series.values()))[0]["num_samples"] if series else "?"
+    fig.suptitle(f"gd-eval sweep, {num_samples} samples per point "
+                 "(evaluator feature space; not comparable with ImageNet numbers)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
