@@ -1,13 +1,10 @@
 #include "eval/sweep.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
-#include <mutex>
-#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +12,8 @@
 #include "absl/strings/str_split.h"
 #include "core/io/formats/formats.h"
 #include "core/io/npy.h"
+#include "client/bulk_sample.h"
+#include "client/run_state.h"
 #include "eval/status_macros.h"
 
 namespace gd::eval {
@@ -22,10 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = guided_diffusion::v1;
-
-// A request refused for load (UNAVAILABLE, RESOURCE_EXHAUSTED) is tried this many times in all,
-// waiting 1, 2, 4, ... seconds between tries.
-constexpr int kMaxTries = 5;
 
 absl::StatusOr<v1::SampleRequest> BaseRequest(const SweepOptions& options,
                                               const SamplerPoint& point, double scale) {
@@ -48,20 +43,6 @@ absl::StatusOr<v1::SampleRequest> BaseRequest(const SweepOptions& options,
   request.set_sampler(v1::SAMPLER_KIND_DPM_SOLVER_PP);
   request.set_steps(steps);
   return request;
-}
-
-absl::StatusOr<v1::SampleResponse> SampleWithRetries(client::SamplerClient& client,
-                                                     const v1::SampleRequest& request) {
-  absl::StatusOr<v1::SampleResponse> response;
-  for (int attempt = 0; attempt < kMaxTries; ++attempt) {
-    if (attempt > 0) std::this_thread::sleep_for(std::chrono::seconds(1 << (attempt - 1)));
-    response = client.Sample(request);
-    if (response.ok() || (!absl::IsUnavailable(response.status()) &&
-                          !absl::IsResourceExhausted(response.status()))) {
-      return response;
-    }
-  }
-  return response;
 }
 
 // How many complete images an .npz sample batch holds (0 when it is missing or unreadable).
@@ -132,75 +113,28 @@ absl::StatusOr<std::vector<SamplerPoint>> ParseSamplerPoints(const std::string& 
 absl::StatusOr<double> DrawSamples(client::SamplerClient& client, const SweepOptions& options,
                                    const SamplerPoint& point, double scale,
                                    const std::string& path) {
-  ASSIGN_OR_RETURN(v1::ModelInfo info, client.GetModel(options.model));
-  ASSIGN_OR_RETURN(v1::SampleRequest base, BaseRequest(options, point, scale));
-  const int64_t per_request = std::max<int64_t>(1, info.max_images_per_request());
-  const int64_t num_classes = std::max<int64_t>(1, info.num_classes());
-  const int64_t image_bytes = int64_t{info.image_size()} * info.image_size() * info.channels();
-  const int64_t requests = (options.num_samples + per_request - 1) / per_request;
-
-  std::string pixels(static_cast<size_t>(options.num_samples * image_bytes), '\0');
-  std::atomic<int64_t> next{0}, done_images{0};
-  std::mutex mu;
-  absl::Status first_error;
-  const auto started = std::chrono::steady_clock::now();
-  auto work = [&] {
-    for (int64_t r = next++; r < requests; r = next++) {
-      const int64_t first = r * per_request;
-      const int64_t count = std::min(per_request, options.num_samples - first);
-      v1::SampleRequest request = base;
-      request.set_first_image_index(static_cast<uint64_t>(first));
-      for (int64_t i = first; i < first + count; ++i) request.add_labels(i % num_classes);
-      auto response = SampleWithRetries(client, request);
-      absl::StatusOr<formats::Array> images =
-          response.ok() ? client::TensorToArray(response->images_uint8(), "images_uint8")
-                        : absl::StatusOr<formats::Array>(response.status());
-      std::lock_guard<std::mutex> lock(mu);
-      if (images.ok() && static_cast<int64_t>(images->data.size()) != count * image_bytes) {
-        images = absl::InternalError(
-            absl::StrFormat("the server returned %d bytes of images for %d images of %d bytes",
-                            images->data.size(), count, image_bytes));
-      }
-      if (!images.ok()) {
-        if (first_error.ok()) first_error = images.status();
-        next = requests;  // stop handing out work
-        return;
-      }
-      std::copy(images->data.begin(), images->data.end(),
-                pixels.begin() + static_cast<std::ptrdiff_t>(first * image_bytes));
-      const int64_t so_far = done_images += count;
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      std::cerr << absl::StrFormat("\r[sweep] %s:%s scale %g: %d/%d images, %.2f images/s   ",
-                                   point.sampler, point.steps, scale, so_far, options.num_samples,
-                                   so_far / std::max(seconds, 1e-9))
-                << std::flush;
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < std::max<int64_t>(1, options.concurrency); ++t)
-    threads.emplace_back(work);
-  for (auto& t : threads) t.join();
+  // The client library's bulk sampler: requests of the model's max_images_per_request, each
+  // with its first_image_index, retried on load, resumable from the parts beside `path`.
+  client::BulkSampleOptions bulk;
+  ASSIGN_OR_RETURN(bulk.base, BaseRequest(options, point, scale));
+  bulk.num_images = options.num_samples;
+  bulk.label_choice = client::LabelChoice::kBalanced;
+  bulk.kept.images = true;
+  bulk.concurrency = static_cast<int>(std::max<int64_t>(1, options.concurrency));
+  bulk.npz_path = path;
+  bulk.resume = fs::exists(client::RunStateDir(path));
+  const std::string what = absl::StrCat(point.sampler, ":", point.steps, " scale ", scale);
+  auto result = client::BulkSample(client, bulk, [&](const client::BulkProgress& p) {
+    std::cerr << absl::StrFormat("\r[sweep] %s: %d/%d images   ", what, p.images_done,
+                                 p.images_total)
+              << std::flush;
+  });
   std::cerr << "\n";
-  if (!first_error.ok()) {
-    return absl::Status(first_error.code(),
-                        absl::StrCat(point.sampler, ":", point.steps, " at scale ", scale, ": ",
-                                     first_error.message()));
+  if (!result.ok()) {
+    return absl::Status(result.status().code(),
+                        absl::StrCat(what, ": ", result.status().message()));
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-
-  formats::Array images{
-      formats::DType::kUInt8,
-      {options.num_samples, info.image_size(), info.image_size(), info.channels()},
-      std::move(pixels)};
-  formats::Array labels{formats::DType::kInt64, {options.num_samples}, {}};
-  for (int64_t i = 0; i < options.num_samples; ++i) {
-    const int64_t label = i % num_classes;
-    labels.data.append(reinterpret_cast<const char*>(&label), sizeof(label));
-  }
-  RETURN_IF_ERROR(formats::WriteNpz(path, {{"arr_0", std::move(images)}, {"arr_1", labels}}));
-  return seconds;
+  return result->seconds;
 }
 
 absl::StatusOr<std::vector<SweepRow>> RunSweep(client::SamplerClient& client,

@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libpng-dev zlib1g-dev libzip-dev libgif-dev
   dataset-fashion-mnist
-  python3-torch python3-grpcio python3-grpc-tools python3-numpy
+  python3-torch python3-grpcio python3-grpc-tools python3-numpy python3-matplotlib
 )
 # Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests),
 # "fuzz" (scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, llvm-symbolizer for

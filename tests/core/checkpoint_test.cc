@@ -26,6 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "tests/testing/testing.h"
 
 namespace gd {
 namespace {
@@ -37,24 +38,9 @@ namespace fs = std::filesystem;
   return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
 }
 
-std::string SourceDir() {
-#ifdef GD_SOURCE_DIR
-  return GD_SOURCE_DIR;
-#else
-  const std::string file = __FILE__;  // <root>/tests/core/checkpoint_test.cc
-  const size_t at = file.rfind("tests/core/checkpoint_test.cc");
-  return at == std::string::npos || at == 0 ? "." : file.substr(0, at - 1);
-#endif
-}
-
-std::string FixturesDir() {
-#ifdef GD_FIXTURES_DIR
-  return GD_FIXTURES_DIR;
-#else
-  if (const char* env = std::getenv("GD_FIXTURES"); env != nullptr && *env != '\0') return env;
-  return SourceDir() + "/../shared/fixtures";
-#endif
-}
+// The repository and the fixtures, as every suite finds them (tests/testing).
+using testing::FixturesDir;
+using testing::SourceDir;
 
 std::string TestDataPath(const std::string& name) {
   return SourceDir() + "/tests/data/checkpoints/" + name;

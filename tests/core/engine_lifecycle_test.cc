@@ -404,13 +404,21 @@ class OpCounter {
     handle_ = at::addGlobalCallback(at::RecordFunctionCallback(&OpCounter::Start, &OpCounter::End));
   }
   ~OpCounter() { at::removeCallback(handle_); }
-  static int64_t ops() { return ops_.load(); }
-  static int64_t views() { return views_.load(); }
-  static int64_t iterations() { return iterations_.load(); }
+  struct Counts {
+    int64_t ops = 0, views = 0;
+    bool operator==(const Counts& o) const { return ops == o.ops && views == o.views; }
+    friend std::ostream& operator<<(std::ostream& out, const Counts& c) {
+      return out << c.ops << " operators and " << c.views << " views";
+    }
+  };
+  // One entry per iteration, in order (the engine's worker is the only thread that iterates).
+  static std::vector<Counts> iterations() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return iterations_;
+  }
   static void Reset() {
-    ops_ = 0;
-    views_ = 0;
-    iterations_ = 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    iterations_.clear();
   }
 
  private:
@@ -438,11 +446,15 @@ class OpCounter {
     const std::string name = fn.name();
     if (name == "gd::engine::iteration") {
       ++d.in_iteration;
-      ++iterations_;
+      std::lock_guard<std::mutex> lock(mu_);
+      iterations_.emplace_back();
     } else if (Excluded(name)) {
       ++d.excluded;
     } else {
-      if (d.in_iteration > 0 && d.excluded == 0 && d.op_depth == 0) ++(IsView(name) ? views_ : ops_);
+      if (d.in_iteration > 0 && d.excluded == 0 && d.op_depth == 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++(IsView(name) ? iterations_.back().views : iterations_.back().ops);
+      }
       ++d.op_depth;
     }
     return nullptr;
@@ -459,19 +471,16 @@ class OpCounter {
     }
   }
   at::CallbackHandle handle_;
-  static inline std::atomic<int64_t> ops_{0}, views_{0}, iterations_{0};
+  static inline std::mutex mu_;
+  static inline std::vector<Counts> iterations_;
 };
 
-struct PerIteration {
-  double ops = 0, views = 0;
-};
-
-// Operators per iteration for `requests` requests of `images` images each (half guided).
-PerIteration OpsPerIteration(int64_t requests, int64_t images, SamplerKind kind) {
+// Operators in each iteration of `requests` requests of `images` images each (half guided), all
+// in one batch from their first step to their last.
+OpCounter::Counts OpsPerIteration(int64_t requests, int64_t images, SamplerKind kind) {
   EngineOptions options;
   options.max_batch = 64;
   auto engine = MakeEngine(options);
-  std::vector<std::shared_ptr<Recorder>> recorders;
   std::vector<SampleJob> jobs;
   for (int64_t r = 0; r < requests; ++r) {
     SampleJob job;
@@ -489,23 +498,34 @@ PerIteration OpsPerIteration(int64_t requests, int64_t images, SamplerKind kind)
   }
   OpCounter counter;
   OpCounter::Reset();
+  // A request that fills the batch for its 2 steps holds the others in the queue, so that they
+  // are admitted together when it leaves.
+  SampleJob blocker;
+  blocker.num_samples = options.max_batch;
+  blocker.timestep_respacing = "2";
+  auto blocking = std::make_shared<Recorder>();
+  EXPECT_TRUE(engine->Submit(blocker, blocking).ok());
+  std::vector<std::shared_ptr<Recorder>> recorders;
   for (const auto& job : jobs) {
     recorders.push_back(std::make_shared<Recorder>());
     EXPECT_TRUE(engine->Submit(job, recorders.back()).ok());
   }
+  EXPECT_TRUE(blocking->Wait().ok());
   for (auto& r : recorders) EXPECT_TRUE(r->Wait().ok());
-  const EngineStats stats = engine->stats();
-  EXPECT_EQ(stats.max_batch_seen, requests * images) << "all requests must share the batch";
-  const double iterations = static_cast<double>(OpCounter::iterations());
-  return {static_cast<double>(OpCounter::ops()) / iterations,
-          static_cast<double>(OpCounter::views()) / iterations};
+  EXPECT_EQ(engine->stats().iterations, 2 + 4);
+  const std::vector<OpCounter::Counts> counts = OpCounter::iterations();
+  EXPECT_EQ(counts.size(), 6u);
+  if (counts.size() != 6u) return {};
+  // Steps 2 and 3 of the run (before, a multistep run's history is still filling).
+  EXPECT_EQ(counts[4], counts[5]);
+  return counts[4];
 }
 
 TEST(EngineLifecycleTest, OperationsOutsideTheNetworksDoNotGrowWithTheBatch) {
   for (SamplerKind kind : {SamplerKind::kDdpm, SamplerKind::kDdim, SamplerKind::kDpmSolverPP}) {
     // Two requests of one image against two requests of 32 images: a batch of 2 and of 64.
-    const PerIteration small = OpsPerIteration(2, 1, kind);
-    const PerIteration large = OpsPerIteration(2, 32, kind);
+    const OpCounter::Counts small = OpsPerIteration(2, 1, kind);
+    const OpCounter::Counts large = OpsPerIteration(2, 32, kind);
     EXPECT_GT(small.ops, 10) << ToString(kind) << ": the counter saw nothing";
     EXPECT_EQ(small.ops, large.ops) << ToString(kind) << ": batch 2 vs batch 64";
     EXPECT_EQ(small.views, large.views) << ToString(kind);
@@ -515,8 +535,8 @@ TEST(EngineLifecycleTest, OperationsOutsideTheNetworksDoNotGrowWithTheBatch) {
 TEST(EngineLifecycleTest, OperationsThatLaunchKernelsDoNotGrowWithTheRequestCount) {
   // 2 against 32 single-image requests: only views of the batch (each request's rows) scale.
   for (SamplerKind kind : {SamplerKind::kDdpm, SamplerKind::kDpmSolverPP}) {
-    const PerIteration two = OpsPerIteration(2, 1, kind);
-    const PerIteration many = OpsPerIteration(32, 1, kind);
+    const OpCounter::Counts two = OpsPerIteration(2, 1, kind);
+    const OpCounter::Counts many = OpsPerIteration(32, 1, kind);
     EXPECT_EQ(two.ops, many.ops) << ToString(kind) << ": 2 requests vs 32";
     EXPECT_GT(many.views, two.views) << ToString(kind);
   }

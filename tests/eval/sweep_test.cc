@@ -33,7 +33,7 @@ TEST(DrawSamples, SplitsTheRunIntoIndexedRequestsWithCyclingLabels) {
   auto client = client::SamplerClient::Create(client_options);
   ASSERT_TRUE(client.ok());
   SweepOptions options;
-  options.model = "tiny";  // 8x8 RGB, 10 classes, max_images_per_request unset: one per request
+  options.model = "tiny";  // 8x8 RGB, 10 classes, kTinyMaxImagesPerRequest images per request
   options.num_samples = 13;
   options.concurrency = 3;
   options.seed = 9;
@@ -41,7 +41,9 @@ TEST(DrawSamples, SplitsTheRunIntoIndexedRequestsWithCyclingLabels) {
   const std::string path = dir + "/samples.npz";
   auto seconds = DrawSamples(**client, options, {"ddim", "ddim4"}, 3.0, path);
   ASSERT_TRUE(seconds.ok()) << seconds.status();
-  EXPECT_EQ(server.sampler().calls(), 1 + 13);  // GetModel, then one Sample per image
+  const int64_t per_request = client::kTinyMaxImagesPerRequest;
+  // GetModel, then one Sample per request of at most per_request images.
+  EXPECT_EQ(server.sampler().calls(), 1 + (13 + per_request - 1) / per_request);
   const guided_diffusion::v1::SampleRequest last = server.sampler().last_request();
   EXPECT_EQ(last.seed(), 9u);
   EXPECT_EQ(last.classifier_scale(), 3.0);

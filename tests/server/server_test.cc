@@ -533,6 +533,44 @@ TEST_F(ServerTest, CliNoiseRunMatchesTheReferenceSampleAndTrajectory) {
   fs::remove_all(dir);
 }
 
+TEST_F(ServerTest, CliDpmSolverRunsReproduceEveryReferenceCase) {
+  GD_REQUIRE_DPM_FIXTURES();
+  Start();
+  const auto& dpm = testing::Dpm64();
+  const std::string dir = testing::TempDir("cli-dpm");
+  ASSERT_TRUE(WriteNpy(dir + "/x_T.npy", dpm.at("x_T")).ok());
+  const torch::Tensor y = dpm.at("y");
+  struct Case {
+    std::string key, flags;
+  };
+  const std::vector<Case> cases = {
+      {"dpmpp_2m_12_logsnr_guided_clip", "--solver_order 2 --steps 12 --skip_type logSNR"},
+      {"dpmpp_3m_10_time_quadratic_guided_clip",
+       "--solver_order 3 --steps 10 --skip_type time_quadratic"},
+      {"dpmpp_2m_8_time_uniform_unguided_clip",
+       "--solver_order 2 --steps 8 --skip_type time_uniform"},
+      {"dpmpp_1m_6_logsnr_guided_clip", "--solver_order 1 --steps 6 --skip_type logSNR"},
+      {"dpmpp_2m_12_logsnr_guided_dynthresh",
+       "--solver_order 2 --steps 12 --skip_type logSNR --dynamic_thresholding_ratio 0.995"},
+  };
+  for (const auto& c : cases) {
+    const bool guided = c.key.find("_guided_") != std::string::npos;
+    const std::string command = absl::StrCat(
+        GD_CLI_PATH, " sample --server ", address_, " --labels ", y[0].item<int64_t>(), ",",
+        y[1].item<int64_t>(), " --sampler dpm++ ", c.flags, " --classifier_scale ",
+        guided ? dpm.at("scale").item<double>() : 0.0, " --noise ", dir, "/x_T.npy --tensor_out ",
+        dir, "/out.npy");
+    std::string output;
+    ASSERT_EQ(RunCommand(command, &output), 0) << command << "\n" << output;
+    auto samples = ReadNpy(dir + "/out.npy");
+    ASSERT_TRUE(samples.ok()) << samples.status();
+    // The service returns samples clamped to [-1, 1]; the reference's are not clamped.
+    const double error = (*samples - dpm.at(c.key).clamp(-1, 1)).abs().max().item<double>();
+    EXPECT_LE(error, 1e-3) << c.key;
+  }
+  fs::remove_all(dir);
+}
+
 // ---- gd-server's lifecycle ---------------------------------------------------------------------
 
 // A port nobody listens on now: bind to 0, read it back, release it.
