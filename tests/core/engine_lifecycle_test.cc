@@ -80,10 +80,6 @@ absl::StatusOr<JobResult> RunAlone(const SampleJob& job) {
   return recorder->Wait();
 }
 
-// The tolerance the service documents for batch composition (docs/reliability.md): results of a
-// request alone and batched with others differ by float rounding only.
-constexpr double kBatchTolerance = 1e-3;
-
 double MaxAbs(const torch::Tensor& a, const torch::Tensor& b) {
   return (a - b).abs().max().item<double>();
 }
@@ -122,7 +118,7 @@ TEST(EngineLifecycleTest, AMixedBatchGivesEachRequestWhatItGetsAlone) {
   for (size_t i = 0; i < jobs.size(); ++i) {
     auto r = recorders[i]->Wait();
     ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_LE(MaxAbs(r->samples, alone[i]), kBatchTolerance) << "job " << i;
+    EXPECT_LE(MaxAbs(r->samples, alone[i]), testing::kBatchTolerance) << "job " << i;
     EXPECT_LE(r->samples.abs().max().item<float>(), 1.0f) << "job " << i;
     EXPECT_EQ(recorders[i]->finished.load(), 1);
   }
@@ -145,7 +141,7 @@ TEST(EngineLifecycleTest, ImageIDrawsFromStreamSeedIWhateverTheRequestSplit) {
   tail.first_image_index = 2;
   auto part = RunAlone(tail);
   ASSERT_TRUE(part.ok()) << part.status();
-  EXPECT_LE(MaxAbs(part->samples, all->samples.narrow(0, 2, 2)), kBatchTolerance);
+  EXPECT_LE(MaxAbs(part->samples, all->samples.narrow(0, 2, 2)), testing::kBatchTolerance);
   EXPECT_GT(MaxAbs(part->samples, all->samples.narrow(0, 0, 2)), 0.1);
 }
 
@@ -389,7 +385,7 @@ TEST(EngineLifecycleTest, NonFiniteRowsFailTheirRequestOnlyAtThatStep) {
   ASSERT_TRUE(good.ok()) << good.status();
   auto alone = RunAlone(second);
   ASSERT_TRUE(alone.ok());
-  EXPECT_LE(MaxAbs(good->samples, alone->samples), kBatchTolerance);
+  EXPECT_LE(MaxAbs(good->samples, alone->samples), testing::kBatchTolerance);
 }
 
 // ---- Operations per iteration -------------------------------------------------------------------

@@ -181,7 +181,7 @@ TEST_F(EngineTest, MixedRequestsShareForwardsAndMatchTheirSoloRuns) {
   for (size_t i = 0; i < jobs.size(); ++i) {
     auto result = collectors[i]->Wait();
     ASSERT_TRUE(result.ok()) << result.status();
-    EXPECT_TRUE(testing::TensorsClose(result->samples, alone[i], 1e-4)) << "job " << i;
+    EXPECT_TRUE(testing::TensorsClose(result->samples, alone[i], testing::kBatchTolerance)) << "job " << i;
   }
   const EngineStats stats = engine->stats();
   EXPECT_GE(stats.max_requests_in_batch, 2);
@@ -208,7 +208,8 @@ TEST_F(EngineTest, SameSeedSameImagesDifferentSeedDifferentImages) {
   ASSERT_TRUE(engine->Submit(job, c).ok());
   auto ra = a->Wait(), rb = b->Wait(), rc = c->Wait();
   ASSERT_TRUE(ra.ok() && rb.ok() && rc.ok());
-  EXPECT_TRUE(testing::TensorsClose(ra->samples, rb->samples, 1e-4));
+  // Two identical requests may share or not share a batch: equal within the documented tolerance.
+  EXPECT_TRUE(testing::TensorsClose(ra->samples, rb->samples, testing::kBatchTolerance));
   EXPECT_GT(testing::RelativeError(ra->samples, rc->samples), 1e-2);
   // Images of one request use different streams.
   EXPECT_GT(testing::RelativeError(ra->samples[0], ra->samples[1]), 1e-2);

@@ -359,7 +359,7 @@ TEST_F(ServerTest, ConcurrentRequestsShareForwardsAndMatchSoloRuns) {
   for (size_t i = 0; i < futures.size(); ++i) {
     auto response = futures[i].get();
     ASSERT_TRUE(response.ok()) << response.status();
-    EXPECT_TRUE(testing::TensorsClose(ToTensor(response->samples()), solo[i], 1e-4)) << i;
+    EXPECT_TRUE(testing::TensorsClose(ToTensor(response->samples()), solo[i], testing::kBatchTolerance)) << i;
   }
   const EngineStats after = engine_->stats();
   EXPECT_GE(after.max_requests_in_batch, 2);

@@ -22,6 +22,10 @@ std::string Parity64Dir();
 // max over elements of |actual - expected| / max(1, |expected|): the fixtures README's measure.
 double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected);
 
+// The largest difference the service documents between a request's results alone and batched
+// with other requests (docs/api.md): batch composition changes which kernels run, nothing else.
+inline constexpr double kBatchTolerance = 1e-3;
+
 // gtest assertion: same shape and RelativeError <= tolerance, with the error in the message.
 ::testing::AssertionResult TensorsClose(const torch::Tensor& actual,
                                         const torch::Tensor& expected, double tolerance);

@@ -191,8 +191,10 @@ async function main() {
     await page.click("#sample");
     await page.waitForFunction(() => {
       const run = document.querySelector("article.run");
-      return run && Number(run.dataset.frames) >= 1;
+      return run && (Number(run.dataset.frames) >= 1 || run.dataset.state === "failed");
     }, null, { timeout: SAMPLING_TIMEOUT_MS });
+    const [long] = await panels(page);
+    assert.equal(long.error || "", "", `the ${LONG_STEPS}-step run started`);
     assert.equal(await page.$eval("#cancel", (el) => el.disabled), false, "Cancel is enabled");
     await page.click("#cancel");
     await page.waitForSelector("article.run[data-state=cancelled]", { timeout: 60_000 });

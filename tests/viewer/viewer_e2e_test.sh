@@ -101,7 +101,7 @@ wait_for_line() {
 # ---- gd-server ----
 METRICS_PORT=$(free_port)
 "$GD_SERVER" --host 127.0.0.1 --port 0 --metrics_host 127.0.0.1 --metrics_port "$METRICS_PORT" \
-  --threads 2 --drain_timeout_s 2 "${MODEL_ARGS[@]}" >"$OUT_DIR/gd-server.log" 2>&1 &
+  --threads 2 --drain_timeout_s 2 --max_steps 1000 "${MODEL_ARGS[@]}" >"$OUT_DIR/gd-server.log" 2>&1 &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
 GRPC_PORT=$(wait_for_line "$OUT_DIR/gd-server.log" 60 'listening on [0-9.]+:[0-9]+' | grep -Eo '[0-9]+$')
