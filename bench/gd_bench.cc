@@ -20,6 +20,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,10 +44,17 @@ ABSL_FLAG(std::string, model_path, "", "Diffusion checkpoint, with --model_flags
 ABSL_FLAG(std::string, model_flags, "", "The reference's MODEL_FLAGS.");
 ABSL_FLAG(std::string, classifier_path, "", "Classifier checkpoint, with --classifier_flags.");
 ABSL_FLAG(std::string, classifier_flags, "", "The reference's CLASSIFIER_FLAGS.");
+ABSL_FLAG(bool, random_weights, false,
+          "Build the networks from --model_flags/--classifier_flags with random weights (no "
+          "checkpoint): the speed of an architecture, e.g. the reference's 256x256 model.");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, dtype, "fp32", "fp32, fp16 or bf16.");
 ABSL_FLAG(int, threads, 0, "Intra-op threads (0: all cores).");
-ABSL_FLAG(std::string, timestep_respacing, "ddim10", "Steps per request.");
+ABSL_FLAG(std::string, sampler, "ddim", "Sampler of every request: ddpm, ddim or dpm++.");
+ABSL_FLAG(std::string, timestep_respacing, "ddim10", "ddpm/ddim: the steps of every request.");
+ABSL_FLAG(int, steps, 15, "dpm++: model calls per request.");
+ABSL_FLAG(int, solver_order, 2, "dpm++: solver order, 1-3.");
+ABSL_FLAG(std::string, skip_type, "logSNR", "dpm++: logSNR, time_uniform or time_quadratic.");
 ABSL_FLAG(double, classifier_scale, 1.0, "Guidance scale of every request (0: unguided).");
 ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
@@ -146,6 +154,68 @@ struct Result {
   double unet_share = 0;  // of the engine's iteration time spent in UNet forwards
 };
 
+// The sampler that --sampler and its flags ask for; exits with a usage error otherwise.
+gd::SamplerKind SamplerFlag() {
+  const std::string name = absl::GetFlag(FLAGS_sampler);
+  if (name == "ddpm") return gd::SamplerKind::kDdpm;
+  if (name == "ddim") return gd::SamplerKind::kDdim;
+  if (name == "dpm++") return gd::SamplerKind::kDpmSolverPP;
+  std::cerr << "gd-bench: --sampler is ddpm, ddim or dpm++, not \"" << name << "\"\n";
+  std::exit(2);
+}
+
+gd::SkipType SkipTypeFlag() {
+  auto skip = gd::ParseSkipType(absl::GetFlag(FLAGS_skip_type));
+  if (!skip.ok()) {
+    std::cerr << "gd-bench: --skip_type: " << skip.status().message() << "\n";
+    std::exit(2);
+  }
+  return *skip;
+}
+
+// Sets the sampler fields of one benchmark request from the flags.
+void SetSampler(gd::SampleJob& job) {
+  job.sampler = SamplerFlag();
+  if (job.sampler == gd::SamplerKind::kDpmSolverPP) {
+    job.steps = absl::GetFlag(FLAGS_steps);
+    job.solver_order = absl::GetFlag(FLAGS_solver_order);
+    job.skip_type = SkipTypeFlag();
+  } else {
+    job.timestep_respacing = absl::GetFlag(FLAGS_timestep_respacing);
+  }
+}
+
+#ifdef GD_BENCH_GRPC
+// The same for a request over gRPC.
+void SetSampler(guided_diffusion::v1::SampleRequest& request) {
+  namespace v1 = guided_diffusion::v1;
+  switch (SamplerFlag()) {
+    case gd::SamplerKind::kDdpm: request.set_sampler(v1::SAMPLER_KIND_DDPM); break;
+    case gd::SamplerKind::kDdim: request.set_sampler(v1::SAMPLER_KIND_DDIM); break;
+    case gd::SamplerKind::kDpmSolverPP: request.set_sampler(v1::SAMPLER_KIND_DPM_SOLVER_PP); break;
+  }
+  if (SamplerFlag() != gd::SamplerKind::kDpmSolverPP) {
+    request.set_timestep_respacing(absl::GetFlag(FLAGS_timestep_respacing));
+    return;
+  }
+  request.set_steps(static_cast<uint32_t>(absl::GetFlag(FLAGS_steps)));
+  request.set_solver_order(static_cast<uint32_t>(absl::GetFlag(FLAGS_solver_order)));
+  constexpr v1::SkipType kWire[] = {v1::SKIP_TYPE_LOGSNR, v1::SKIP_TYPE_TIME_UNIFORM,
+                                    v1::SKIP_TYPE_TIME_QUADRATIC};
+  request.set_skip_type(kWire[static_cast<int>(SkipTypeFlag())]);
+}
+#endif
+
+// What the requests run, as printed and recorded: "DDIM ddim10", "DPM-Solver++ 2M 15 logSNR".
+std::string SamplerDescription() {
+  if (SamplerFlag() != gd::SamplerKind::kDpmSolverPP) {
+    return absl::StrCat(absl::AsciiStrToUpper(absl::GetFlag(FLAGS_sampler)), " ",
+                        absl::GetFlag(FLAGS_timestep_respacing));
+  }
+  return absl::StrCat("DPM-Solver++ ", absl::GetFlag(FLAGS_solver_order), "M ",
+                      absl::GetFlag(FLAGS_steps), " steps ", gd::ToString(SkipTypeFlag()));
+}
+
 // A request submitter: returns the latency of one request of `images` images, or <0 on error.
 using Submitter = std::function<double(int64_t images, uint64_t seed)>;
 
@@ -164,8 +234,7 @@ Submitter EngineSubmitter(gd::Engine& engine, const gd::ModelBundle& m) {
       job.num_samples = images;
     }
     job.classifier_scale = m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0;
-    job.sampler = gd::SamplerKind::kDdim;
-    job.timestep_respacing = absl::GetFlag(FLAGS_timestep_respacing);
+    SetSampler(job);
     job.seed = seed;
     auto waiter = std::make_shared<Waiter>();
     auto future = waiter->done.get_future();
@@ -241,6 +310,18 @@ void Print(const Result& r) {
 }
 
 absl::StatusOr<gd::ModelSpec> Spec() {
+  if (absl::GetFlag(FLAGS_random_weights)) {
+    if (absl::GetFlag(FLAGS_model_flags).empty()) {
+      return absl::InvalidArgumentError("--random_weights needs --model_flags (and, for guided "
+                                        "requests, --classifier_flags)");
+    }
+    gd::ModelSpec spec;
+    spec.name = "random";
+    spec.model_flags = absl::GetFlag(FLAGS_model_flags);
+    spec.classifier_flags = absl::GetFlag(FLAGS_classifier_flags);
+    spec.random_weights = true;
+    return spec;
+  }
   if (!absl::GetFlag(FLAGS_model_path).empty()) {
     gd::ModelSpec spec;
     spec.name = "model";
@@ -298,8 +379,7 @@ int main(int argc, char** argv) {
               gd::ToString(*precision), peak);
   std::printf("oneDNN %s, channels_last %s\n", absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off");
-  std::printf("requests: DDIM %s, classifier_scale %g\n",
-              absl::GetFlag(FLAGS_timestep_respacing).c_str(),
+  std::printf("requests: %s, classifier_scale %g\n", SamplerDescription().c_str(),
               m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
 
   gd::EngineOptions options;
@@ -353,8 +433,7 @@ int main(int argc, char** argv) {
           request.set_num_samples(static_cast<uint32_t>(images));
         }
         request.set_classifier_scale(m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0);
-        request.set_sampler(guided_diffusion::v1::SAMPLER_KIND_DDIM);
-        request.set_timestep_respacing(absl::GetFlag(FLAGS_timestep_respacing));
+        SetSampler(request);
         request.set_seed(seed);
         const auto start = Clock::now();
         if (!(*client)->Sample(request).ok()) return -1;
@@ -379,7 +458,7 @@ int main(int argc, char** argv) {
       {"channels_last", absl::GetFlag(FLAGS_channels_last)},
       {"max_batch", absl::GetFlag(FLAGS_max_batch)},
       {"cores", std::thread::hardware_concurrency()},
-      {"timestep_respacing", absl::GetFlag(FLAGS_timestep_respacing)},
+      {"sampler", SamplerDescription()},
       {"classifier_scale", m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0},
       {"unet_gflop_per_image", flops.unet_per_image / 1e9},
       {"classifier_gflop_per_image", flops.classifier_per_image / 1e9},

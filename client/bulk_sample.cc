@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/run_state.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -394,18 +395,16 @@ v1::SampleRequest BulkRun::RequestFor(Range range) const {
 absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOptions& options,
                                       const BulkProgressCallback& on_progress) {
   const absl::Time start = absl::Now();
-  if (absl::Status valid = CheckOptions(options); !valid.ok()) return valid;
+  RETURN_IF_ERROR(CheckOptions(options));
   BulkResult result;
   absl::StatusOr<v1::ModelInfo> model = client.GetModel(options.base.model());
   if (!model.ok()) return model.status();
   result.model = *std::move(model);
-  absl::StatusOr<int64_t> per_request = ImagesPerRequest(options, result.model);
-  if (!per_request.ok()) return per_request.status();
-  result.images_per_request = *per_request;
-  absl::StatusOr<std::vector<int64_t>> labels = RunLabels(options, result.model);
-  if (!labels.ok()) return labels.status();
-  if (absl::Status noise = CheckNoise(options, result.model); !noise.ok()) return noise;
-  v1::SampleRequest run = RunDescription(options, result.model, *labels);
+  ASSIGN_OR_RETURN(auto per_request, ImagesPerRequest(options, result.model));
+  result.images_per_request = per_request;
+  ASSIGN_OR_RETURN(auto labels, RunLabels(options, result.model));
+  RETURN_IF_ERROR(CheckNoise(options, result.model));
+  v1::SampleRequest run = RunDescription(options, result.model, labels);
 
   std::unique_ptr<RunState> state;
   std::vector<RunPart> parts;

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -64,17 +65,14 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
   if (!options.tls) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   if (!options.tls_ca_file.empty()) {
-    absl::StatusOr<std::string> roots = ReadPemFile(options.tls_ca_file, "TLS CA file");
-    if (!roots.ok()) return roots.status();
-    ssl.pem_root_certs = *std::move(roots);
+    ASSIGN_OR_RETURN(auto roots, ReadPemFile(options.tls_ca_file, "TLS CA file"));
+    ssl.pem_root_certs = std::move(roots);
   }
   if (!options.tls_cert_file.empty()) {
-    absl::StatusOr<std::string> chain = ReadPemFile(options.tls_cert_file, "TLS certificate");
-    if (!chain.ok()) return chain.status();
-    absl::StatusOr<std::string> key = ReadPemFile(options.tls_key_file, "TLS private key");
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = *std::move(chain);
-    ssl.pem_private_key = *std::move(key);
+    ASSIGN_OR_RETURN(auto chain, ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    ASSIGN_OR_RETURN(auto key, ReadPemFile(options.tls_key_file, "TLS private key"));
+    ssl.pem_cert_chain = std::move(chain);
+    ssl.pem_private_key = std::move(key);
   }
   return grpc::SslCredentials(ssl);
 }
@@ -118,11 +116,10 @@ absl::StatusOr<size_t> ByteCount(const std::vector<int64_t>& shape, size_t item_
 // OK when `actual` bytes are exactly what `shape` of `item_size` elements needs.
 absl::Status CheckByteCount(const std::vector<int64_t>& shape, size_t item_size, size_t actual,
                             absl::string_view what) {
-  absl::StatusOr<size_t> bytes = ByteCount(shape, item_size, what);
-  if (!bytes.ok()) return bytes.status();
-  if (actual != *bytes) {
+  ASSIGN_OR_RETURN(auto bytes, ByteCount(shape, item_size, what));
+  if (actual != bytes) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeText(shape), " needs ",
-                                                   *bytes, " bytes, there are ", actual));
+                                                   bytes, " bytes, there are ", actual));
   }
   return absl::OkStatus();
 }
@@ -168,9 +165,8 @@ void StreamReader::Cancel() { context_->TryCancel(); }
 // ---- SamplerClient ------------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<SamplerClient>> SamplerClient::Create(const ClientOptions& options) {
-  if (absl::Status valid = ValidateOptions(options); !valid.ok()) return valid;
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = MakeCredentials(options);
-  if (!credentials.ok()) return credentials.status();
+  RETURN_IF_ERROR(ValidateOptions(options));
+  ASSIGN_OR_RETURN(auto credentials, MakeCredentials(options));
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -183,7 +179,7 @@ absl::StatusOr<std::unique_ptr<SamplerClient>> SamplerClient::Create(const Clien
     args.SetSslTargetNameOverride(options.tls_server_name_override);
   }
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, *credentials, args);
+      grpc::CreateCustomChannel(options.target, credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel to \"", options.target, "\""));
@@ -241,7 +237,7 @@ absl::StatusOr<v1::SampleResponse> SamplerClient::StreamSample(
     }
     if (event.has_result()) result = std::move(*event.mutable_result());
   }
-  if (absl::Status status = stream->Finish(); !status.ok()) return status;
+  RETURN_IF_ERROR(stream->Finish());
   if (!result.has_value()) {
     return absl::InternalError("the server ended the stream without a result event");
   }

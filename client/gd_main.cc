@@ -52,6 +52,7 @@
 #include "client/trajectory.h"
 #include "client/view_server.h"
 #include "core/io/formats/formats.h"
+#include "core/status_macros.h"
 
 // ---- Connection (every command) ----
 ABSL_FLAG(std::string, server, "localhost:50051",
@@ -314,7 +315,7 @@ absl::Status CountAndLabelsFromFlags(ImagesToSample& images) {
 
 absl::StatusOr<ImagesToSample> ImagesFromFlags() {
   ImagesToSample images;
-  if (absl::Status status = CountAndLabelsFromFlags(images); !status.ok()) return status;
+  RETURN_IF_ERROR(CountAndLabelsFromFlags(images));
   v1::SampleRequest& base = images.base;
   base.set_model(absl::GetFlag(FLAGS_model));
   const double scale = absl::GetFlag(FLAGS_classifier_scale);
@@ -332,7 +333,7 @@ absl::StatusOr<ImagesToSample> ImagesFromFlags() {
   sampler.skip_type = absl::GetFlag(FLAGS_skip_type);
   sampler.dynamic_thresholding_ratio = absl::GetFlag(FLAGS_dynamic_thresholding_ratio);
   sampler.clip_denoised = absl::GetFlag(FLAGS_clip_denoised);
-  if (absl::Status status = ApplySamplerSettings(sampler, base); !status.ok()) return status;
+  RETURN_IF_ERROR(ApplySamplerSettings(sampler, base));
   if (const std::string path = absl::GetFlag(FLAGS_noise); !path.empty()) {
     absl::StatusOr<formats::Array> noise = ReadNoise(path, images.count);
     if (!noise.ok()) return noise.status();
@@ -410,7 +411,7 @@ absl::StatusOr<Outputs> OutputsFromFlags() {
   for (const auto& [flag, path] :
        {std::pair{"out", &outputs.grid_path}, std::pair{"npz", &outputs.npz_path},
         std::pair{"tensor_out", &outputs.tensor_path}}) {
-    if (absl::Status status = CheckOutputDirectory(flag, *path); !status.ok()) return status;
+    RETURN_IF_ERROR(CheckOutputDirectory(flag, *path));
   }
   return outputs;
 }
@@ -439,7 +440,7 @@ absl::StatusOr<TrajectoryOptions> TrajectoryFromFlags(const Outputs& outputs) {
   }
   for (const auto& [flag, path] :
        {std::pair{"strip", &pictures.strip_path}, std::pair{"gif", &pictures.gif_path}}) {
-    if (absl::Status status = CheckOutputDirectory(flag, *path); !status.ok()) return status;
+    RETURN_IF_ERROR(CheckOutputDirectory(flag, *path));
   }
   return pictures;
 }
@@ -526,16 +527,14 @@ absl::StatusOr<std::vector<std::string>> GridClassNames(SamplerClient& client,
   if (outputs.grid_path.empty() || !outputs.captions || request.labels_size() == 0) {
     return std::vector<std::string>();
   }
-  absl::StatusOr<v1::ModelInfo> model = client.GetModel(request.model());
-  if (!model.ok()) return model.status();
-  return std::vector<std::string>(model->class_names().begin(), model->class_names().end());
+  ASSIGN_OR_RETURN(auto model, client.GetModel(request.model()));
+  return std::vector<std::string>(model.class_names().begin(), model.class_names().end());
 }
 
 absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const Outputs& outputs,
                        const TrajectoryOptions& picture_options) {
   const std::string dump_dir = absl::GetFlag(FLAGS_dump_dir);
-  absl::StatusOr<std::vector<std::string>> class_names = GridClassNames(client, request, outputs);
-  if (!class_names.ok()) return class_names.status();
+  ASSIGN_OR_RETURN(auto class_names, GridClassNames(client, request, outputs));
   TrajectoryRecorder pictures(picture_options);
   v1::StreamOptions* stream = request.mutable_stream();
   stream->set_every(absl::GetFlag(FLAGS_every));
@@ -562,10 +561,9 @@ absl::Status RunStream(SamplerClient& client, v1::SampleRequest request, const O
   progress.Clear();
   if (!step_status.ok()) return step_status;
   if (!response.ok()) return response.status();
-  absl::StatusOr<SampleSet> set = SampleSetFromResponse(*response, outputs.Kept());
-  if (!set.ok()) return set.status();
-  PrintResponseSummary(*response, *set);
-  if (absl::Status status = WriteOutputs(*set, outputs, *class_names); !status.ok()) return status;
+  ASSIGN_OR_RETURN(auto set, SampleSetFromResponse(*response, outputs.Kept()));
+  PrintResponseSummary(*response, set);
+  RETURN_IF_ERROR(WriteOutputs(set, outputs, class_names));
   return pictures.Finish();
 }
 
@@ -576,9 +574,8 @@ absl::Status RunView(SamplerClient& client, const ListenAddress& listen,
                      const sigset_t& stop_signals) {
   ViewServerOptions options;
   options.listen = listen;
-  absl::StatusOr<std::unique_ptr<ViewServer>> server = ViewServer::Start(client, options);
-  if (!server.ok()) return server.status();
-  absl::PrintF("gd view: %s (Sampler at %s); Ctrl-C stops\n", (*server)->url(),
+  ASSIGN_OR_RETURN(auto server, ViewServer::Start(client, options));
+  absl::PrintF("gd view: %s (Sampler at %s); Ctrl-C stops\n", (server)->url(),
                client.options().target);
   std::fflush(stdout);
   if (!IsLoopback(listen.host)) {
@@ -595,7 +592,7 @@ absl::Status RunView(SamplerClient& client, const ListenAddress& listen,
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   absl::FPrintF(stderr, "gd view: %s: stopping\n", strsignal(signal_number));
-  server->reset();  // cancels the runs still going
+  server.reset();  // cancels the runs still going
   return absl::OkStatus();
 }
 
@@ -603,14 +600,12 @@ absl::Status RunModels(SamplerClient& client) {
   std::vector<v1::ModelInfo> models;
   std::string default_model;
   if (const std::string name = absl::GetFlag(FLAGS_model); !name.empty()) {
-    absl::StatusOr<v1::ModelInfo> model = client.GetModel(name);
-    if (!model.ok()) return model.status();
-    models.push_back(*std::move(model));
+    ASSIGN_OR_RETURN(auto model, client.GetModel(name));
+    models.push_back(std::move(model));
   } else {
-    absl::StatusOr<v1::ListModelsResponse> list = client.ListModels();
-    if (!list.ok()) return list.status();
-    models.assign(list->models().begin(), list->models().end());
-    default_model = list->default_model();
+    ASSIGN_OR_RETURN(auto list, client.ListModels());
+    models.assign(list.models().begin(), list.models().end());
+    default_model = list.default_model();
   }
   absl::PrintF("%s", ModelsTable(models, default_model));
   return absl::OkStatus();
@@ -618,10 +613,9 @@ absl::Status RunModels(SamplerClient& client) {
 
 // Prints the health status; true only for SERVING.
 absl::StatusOr<bool> RunHealth(SamplerClient& client) {
-  absl::StatusOr<std::string> health = client.Health(absl::GetFlag(FLAGS_service));
-  if (!health.ok()) return health.status();
-  absl::PrintF("%s\n", *health);
-  return *health == "SERVING";
+  ASSIGN_OR_RETURN(auto health, client.Health(absl::GetFlag(FLAGS_service)));
+  absl::PrintF("%s\n", health);
+  return health == "SERVING";
 }
 
 // What the command line asks for, checked as far as possible before any call.
@@ -640,17 +634,16 @@ absl::Status SamplingFromFlags(Command command, Invocation& invocation) {
   absl::StatusOr<Outputs> outputs = OutputsFromFlags();
   if (!outputs.ok()) return outputs.status();
   invocation.outputs = *std::move(outputs);
-  absl::StatusOr<ImagesToSample> images = ImagesFromFlags();
-  if (!images.ok()) return images.status();
-  invocation.labelled = images->labelled();
+  ASSIGN_OR_RETURN(auto images, ImagesFromFlags());
+  invocation.labelled = images.labelled();
   if (command == Command::kSample) {
     absl::StatusOr<BulkSampleOptions> run =
-        BulkOptionsFromFlags(*std::move(images), invocation.outputs);
+        BulkOptionsFromFlags(std::move(images), invocation.outputs);
     if (!run.ok()) return run.status();
     invocation.run = *std::move(run);
     return absl::OkStatus();
   }
-  absl::StatusOr<v1::SampleRequest> request = StreamRequest(*images, invocation.outputs);
+  absl::StatusOr<v1::SampleRequest> request = StreamRequest(images, invocation.outputs);
   if (!request.ok()) return request.status();
   invocation.request = *std::move(request);
   absl::StatusOr<TrajectoryOptions> pictures = TrajectoryFromFlags(invocation.outputs);
@@ -660,7 +653,7 @@ absl::Status SamplingFromFlags(Command command, Invocation& invocation) {
 }
 
 absl::StatusOr<Invocation> InvocationFromFlags(const CommandInfo& command) {
-  if (absl::Status status = CheckFlagsApply(command); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckFlagsApply(command));
   Invocation invocation;
   absl::StatusOr<ClientOptions> options = OptionsFromFlags();
   if (!options.ok()) return options.status();

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/gd_client.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -65,7 +66,7 @@ absl::Status DumpStep(const v1::StepEvent& step, const std::string& dir) {
         StepTensor(*tensor, absl::StrCat("step ", step.step(), " ", name));
     if (!array.ok()) return array.status();
     const std::string path = absl::StrFormat("%s/%s_%04d.npy", dir, name, step.step());
-    if (absl::Status status = WriteNpy(path, *array); !status.ok()) return status;
+    RETURN_IF_ERROR(WriteNpy(path, *array));
   }
   return AppendStepLine(step, StepIndexPath(dir));
 }
@@ -102,18 +103,15 @@ absl::Status WriteOutputs(const SampleSet& set, const Outputs& outputs,
     absl::PrintF("wrote %s\n", outputs.npz_path);
   }
   if (!outputs.grid_path.empty()) {
-    absl::StatusOr<std::vector<formats::Image>> tiles = Uint8ToImages(*set.images);
-    if (!tiles.ok()) return tiles.status();
-    if (tiles->empty()) return absl::InternalError("there are no images for the grid");
+    ASSIGN_OR_RETURN(auto tiles, Uint8ToImages(*set.images));
+    if (tiles.empty()) return absl::InternalError("there are no images for the grid");
     SampleGridOptions grid;
-    grid.columns = GridColumns(static_cast<int64_t>(tiles->size()), outputs.columns);
+    grid.columns = GridColumns(static_cast<int64_t>(tiles.size()), outputs.columns);
     grid.min_tile_px = outputs.min_tile_px;
     if (outputs.captions) grid.captions = Captions(set.labels, class_names);
-    absl::StatusOr<formats::Image> picture = MakeSampleGrid(*tiles, grid);
-    if (!picture.ok()) return picture.status();
-    absl::StatusOr<std::string> png = formats::EncodePng(*picture);
-    if (!png.ok()) return png.status();
-    if (absl::Status status = formats::WriteFileBytes(outputs.grid_path, *png); !status.ok()) {
+    ASSIGN_OR_RETURN(auto picture, MakeSampleGrid(tiles, grid));
+    ASSIGN_OR_RETURN(auto png, formats::EncodePng(picture));
+    if (absl::Status status = formats::WriteFileBytes(outputs.grid_path, png); !status.ok()) {
       return status;
     }
     absl::PrintF("wrote %s\n", outputs.grid_path);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -57,7 +58,7 @@ int64_t ImageCount(const v1::SampleRequest& run) {
 // Writes `bytes` as PATH.tmp and renames it, so that PATH is complete or absent.
 absl::Status WriteWhole(const std::string& path, absl::string_view bytes) {
   const std::string partial = path + kPartialSuffix;
-  if (absl::Status status = formats::WriteFileBytes(partial, bytes); !status.ok()) return status;
+  RETURN_IF_ERROR(formats::WriteFileBytes(partial, bytes));
   if (std::rename(partial.c_str(), path.c_str()) != 0) {
     return absl::InternalError(
         absl::StrCat("renaming \"", partial, "\" to \"", path, "\": ", std::strerror(errno)));
@@ -131,7 +132,7 @@ absl::StatusOr<std::unique_ptr<RunState>> RunState::Open(const std::string& dir,
   std::error_code error;
   if (!fs::exists(dir, error)) {
     if (!fs::create_directory(dir, error)) return FileError("creating", dir, error);
-    if (absl::Status status = state->Create(run, noise); !status.ok()) return status;
+    RETURN_IF_ERROR(state->Create(run, noise));
     return state;
   }
   if (!fs::is_directory(dir, error)) {
@@ -149,11 +150,11 @@ absl::StatusOr<std::unique_ptr<RunState>> RunState::Open(const std::string& dir,
       return absl::DataLossError(absl::StrCat("\"", dir, "\" holds parts but no ", kDescriptionFile,
                                               ": delete it to start over"));
     }
-    if (absl::Status status = state->Create(run, noise); !status.ok()) return status;
+    RETURN_IF_ERROR(state->Create(run, noise));
     return state;
   }
-  if (absl::Status same = state->CheckSameRun(run, noise); !same.ok()) return same;
-  if (absl::Status loaded = state->LoadParts(run); !loaded.ok()) return loaded;
+  RETURN_IF_ERROR(state->CheckSameRun(run, noise));
+  RETURN_IF_ERROR(state->LoadParts(run));
   return state;
 }
 
@@ -176,10 +177,9 @@ absl::Status RunState::Create(const v1::SampleRequest& run,
 absl::Status RunState::CheckSameRun(const v1::SampleRequest& run,
                                     const std::optional<formats::Array>& noise) const {
   const std::string path = (fs::path(dir_) / kDescriptionFile).string();
-  absl::StatusOr<std::string> text = formats::ReadFileBytes(path);
-  if (!text.ok()) return text.status();
+  ASSIGN_OR_RETURN(auto text, formats::ReadFileBytes(path));
   v1::SampleRequest stored;
-  if (!google::protobuf::TextFormat::ParseFromString(*text, &stored)) {
+  if (!google::protobuf::TextFormat::ParseFromString(text, &stored)) {
     return absl::DataLossError(absl::StrCat(path, " is not a SampleRequest in text format"));
   }
   if (!google::protobuf::util::MessageDifferencer::Equals(stored, run)) {
@@ -196,9 +196,8 @@ absl::Status RunState::CheckSameRun(const v1::SampleRequest& run,
                      " starting noise; this one is ", noise.has_value() ? "with" : "without"));
   }
   if (noise.has_value()) {
-    absl::StatusOr<std::string> bytes = formats::ReadFileBytes(noise_path);
-    if (!bytes.ok()) return bytes.status();
-    if (*bytes != formats::SerializeNpy(*noise)) {
+    ASSIGN_OR_RETURN(auto bytes, formats::ReadFileBytes(noise_path));
+    if (bytes != formats::SerializeNpy(*noise)) {
       return absl::FailedPreconditionError(
           absl::StrCat("\"", dir_, "\" holds a run with other starting noise than this one's"));
     }
@@ -224,7 +223,7 @@ absl::Status RunState::LoadParts(const v1::SampleRequest& run) {
                                               "\" and resume to sample its images again"));
     }
     RunPart part{range->first, *std::move(set)};
-    if (absl::Status valid = CheckPart(part, range->second, run, path); !valid.ok()) return valid;
+    RETURN_IF_ERROR(CheckPart(part, range->second, run, path));
     parts.emplace_back(range->second, std::move(part));
   }
   if (error) return FileError("listing", dir_, error);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/gd_client.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -164,7 +165,7 @@ absl::Status WriteSampleSetNpz(const std::string& path, const SampleSet& set, bo
   if (with_samples && set.samples.has_value()) members.emplace_back("samples", *set.samples);
   // Written aside and renamed, so that a process killed while writing leaves PATH as it was.
   const std::string partial = path + ".tmp";
-  if (absl::Status status = formats::WriteNpz(partial, members); !status.ok()) return status;
+  RETURN_IF_ERROR(formats::WriteNpz(partial, members));
   if (std::rename(partial.c_str(), path.c_str()) != 0) {
     const int error = errno;
     std::remove(partial.c_str());
@@ -175,10 +176,9 @@ absl::Status WriteSampleSetNpz(const std::string& path, const SampleSet& set, bo
 }
 
 absl::StatusOr<SampleSet> ReadSampleSetNpz(const std::string& path) {
-  absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
-  if (!bytes.ok()) return bytes.status();
+  ASSIGN_OR_RETURN(auto bytes, formats::ReadFileBytes(path));
   absl::StatusOr<std::vector<std::pair<std::string, formats::Array>>> members =
-      formats::ParseNpz(*bytes, path);
+      formats::ParseNpz(bytes, path);
   if (!members.ok()) return members.status();
   SampleSet set;
   std::optional<formats::Array> labels;
@@ -194,9 +194,8 @@ absl::StatusOr<SampleSet> ReadSampleSetNpz(const std::string& path) {
   if (!set.images.has_value() || !labels.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": arr_0 or arr_1 is missing"));
   }
-  absl::StatusOr<std::vector<int64_t>> label_values = LabelsOf(*labels, path);
-  if (!label_values.ok()) return label_values.status();
-  set.labels = *std::move(label_values);
+  ASSIGN_OR_RETURN(auto label_values, LabelsOf(*labels, path));
+  set.labels = std::move(label_values);
   const int64_t count = set.size();
   absl::Status shape = CheckBatch(*set.images, formats::DType::kUInt8, count,
                                   absl::StrCat(path, ": arr_0"), "[N, H, W, C]");

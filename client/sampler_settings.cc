@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -136,7 +137,7 @@ absl::Status ApplySamplerSettings(const SamplerSettings& settings, v1::SampleReq
   if (!(settings.eta >= 0 && settings.eta <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("--eta = ", settings.eta, " is outside [0, 1]"));
   }
-  if (absl::Status status = CheckNoForeignFlags(settings, dpm_solver); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckNoForeignFlags(settings, dpm_solver));
   request.set_eta(settings.eta);
   if (dpm_solver) {
     if (absl::Status status = ApplyDpmSolverSettings(settings, request); !status.ok())

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "client/gd_client.h"
 #include "client/outputs.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -52,11 +53,9 @@ absl::StatusOr<std::vector<formats::Image>> StepImages(const v1::StepEvent& step
   // An empty tensor message (DTYPE_UNSPECIFIED) is no tensor: servers may send one with PNGs.
   const v1::Tensor& tensor = field == StepField::kXt ? step.x_t() : step.pred_xstart();
   if (tensor.dtype() == v1::DTYPE_UNSPECIFIED && tensor.data().empty()) return images;
-  absl::StatusOr<formats::Array> samples = StepTensor(tensor, what);
-  if (!samples.ok()) return samples.status();
-  absl::StatusOr<formats::Array> pixels = SamplesToUint8(*samples, what);
-  if (!pixels.ok()) return pixels.status();
-  return Uint8ToImages(*pixels, what);
+  ASSIGN_OR_RETURN(auto samples, StepTensor(tensor, what));
+  ASSIGN_OR_RETURN(auto pixels, SamplesToUint8(samples, what));
+  return Uint8ToImages(pixels, what);
 }
 
 TrajectoryRecorder::TrajectoryRecorder(TrajectoryOptions options) : options_(std::move(options)) {}
@@ -93,9 +92,8 @@ absl::Status TrajectoryRecorder::OnStep(const v1::StepEvent& step) {
     }
   }
   if (needs_x_t()) {
-    absl::StatusOr<std::vector<formats::Image>> images = StepImages(step, StepField::kXt);
-    if (!images.ok()) return images.status();
-    if (!images->empty()) return AddGifFrame(*std::move(images));
+    ASSIGN_OR_RETURN(auto images, StepImages(step, StepField::kXt));
+    if (!images.empty()) return AddGifFrame(std::move(images));
   }
   return absl::OkStatus();
 }
@@ -167,18 +165,17 @@ absl::Status TrajectoryRecorder::WriteStrip() {
 
 absl::Status TrajectoryRecorder::Finish() {
   if (needs_pred_xstart()) {
-    if (absl::Status status = WriteStrip(); !status.ok()) return status;
+    RETURN_IF_ERROR(WriteStrip());
   }
   if (needs_x_t()) {
     if (!gif_.has_value()) {
       return absl::FailedPreconditionError(
           absl::StrCat("--gif ", options_.gif_path, ": the stream carried no x_t"));
     }
-    if (absl::Status status = FlushGifFrame(kGifFinalFrameCs); !status.ok()) return status;
+    RETURN_IF_ERROR(FlushGifFrame(kGifFinalFrameCs));
     const int64_t frames = gif_->frame_count();
-    absl::StatusOr<std::string> gif = gif_->Finish();
-    if (!gif.ok()) return gif.status();
-    if (absl::Status status = formats::WriteFileBytes(options_.gif_path, *gif); !status.ok()) {
+    ASSIGN_OR_RETURN(auto gif, gif_->Finish());
+    if (absl::Status status = formats::WriteFileBytes(options_.gif_path, gif); !status.ok()) {
       return status;
     }
     absl::PrintF("wrote %s (%d frames of x_t)\n", options_.gif_path, frames);

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/npy.h"
-#include "eval/status_macros.h"
+#include "core/status_macros.h"
 
 namespace gd::eval {
 namespace {

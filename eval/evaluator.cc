@@ -14,7 +14,7 @@
 #include "core/io/image.h"
 #include "core/io/npy.h"
 #include "core/nn/checkpoint.h"
-#include "eval/status_macros.h"
+#include "core/status_macros.h"
 
 namespace gd::eval {
 namespace {

@@ -14,7 +14,7 @@
 #include "core/train/optim.h"
 #include "core/train/train_common.h"
 #include "eval/evaluator.h"
-#include "eval/status_macros.h"
+#include "core/status_macros.h"
 
 namespace gd::eval {
 namespace {

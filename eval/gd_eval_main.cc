@@ -22,7 +22,7 @@
 #include "eval/batch_stats.h"
 #include "eval/evaluator.h"
 #include "eval/scores.h"
-#include "eval/status_macros.h"
+#include "core/status_macros.h"
 #ifdef GD_EVAL_SWEEP
 #include "eval/sweep.h"
 #endif

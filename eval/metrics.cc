@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 
 namespace gd::eval {
 namespace {
@@ -80,7 +81,7 @@ absl::StatusOr<double> TraceSqrtProduct(const torch::Tensor& sigma1, const torch
   const torch::Tensor s1 = sigma1.to(torch::kFloat64);
   const torch::Tensor s2 = sigma2.to(torch::kFloat64);
   const SymmetricRoot root1 = SqrtSymmetric((s1 + s1.transpose(0, 1)) / 2);
-  if (auto s = CheckNotImaginary(root1.min_eigenvalue, "sigma1"); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckNotImaginary(root1.min_eigenvalue, "sigma1"));
   torch::Tensor m = torch::matmul(torch::matmul(root1.root, s2), root1.root);
   m = (m + m.transpose(0, 1)) / 2;
   const torch::Tensor eigenvalues = torch::linalg_eigvalsh(m);
@@ -105,7 +106,7 @@ absl::StatusOr<double> FrechetDistance(const Gaussian& a, const Gaussian& b, dou
   const std::pair<torch::Tensor, const char*> statistics[] = {
       {a.mu, "mu1"}, {b.mu, "mu2"}, {a.sigma, "sigma1"}, {b.sigma, "sigma2"}};
   for (const auto& [t, what] : statistics) {
-    if (auto s = CheckFinite(t, what); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckFinite(t, what));
   }
   torch::NoGradGuard no_grad;
   const torch::Tensor s1 = a.sigma.to(torch::kFloat64);
@@ -178,12 +179,10 @@ absl::StatusOr<PrecisionRecall> ComputePrecisionRecall(const torch::Tensor& refe
         absl::StrCat("precision and recall need features [N x D] of one D; got reference ",
                      Shape(reference_features), " and samples ", Shape(sample_features)));
   }
-  auto reference_radii = ManifoldRadii(reference_features, k);
-  if (!reference_radii.ok()) return reference_radii.status();
-  auto sample_radii = ManifoldRadii(sample_features, k);
-  if (!sample_radii.ok()) return sample_radii.status();
-  return PrecisionRecall{FractionInManifold(reference_features, *reference_radii, sample_features),
-                         FractionInManifold(sample_features, *sample_radii, reference_features)};
+  ASSIGN_OR_RETURN(auto reference_radii, ManifoldRadii(reference_features, k));
+  ASSIGN_OR_RETURN(auto sample_radii, ManifoldRadii(sample_features, k));
+  return PrecisionRecall{FractionInManifold(reference_features, reference_radii, sample_features),
+                         FractionInManifold(sample_features, sample_radii, reference_features)};
 }
 
 double InceptionScore(const torch::Tensor& logits, int64_t split_size) {

@@ -14,7 +14,7 @@
 #include "core/io/npy.h"
 #include "client/bulk_sample.h"
 #include "client/run_state.h"
-#include "eval/status_macros.h"
+#include "core/status_macros.h"
 
 namespace gd::eval {
 namespace {

@@ -152,6 +152,47 @@ def respacing_seeds():
         write("timestep_respacing", name, struct.pack("<H", steps - 1) + spec)
 
 
+def varint(value):
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number, value):
+    """One protobuf field: ints as varints, floats as doubles, bytes/str/lists as length-delimited
+    (a list is a nested message already encoded, or packed varints when given as a tuple)."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return varint(number << 3) + varint(value & (2**64 - 1))
+    if isinstance(value, float):
+        return varint(number << 3 | 1) + struct.pack("<d", value)
+    if isinstance(value, tuple):
+        value = b"".join(varint(v & (2**64 - 1)) for v in value)
+    if isinstance(value, str):
+        value = value.encode()
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def sample_request_seeds():
+    # SampleRequest field numbers (proto/guided_diffusion/v1/sampler.proto): model 1, labels 2,
+    # num_samples 3, classifier_scale 4, sampler 5, eta 6, timestep_respacing 7, seed 8,
+    # clip_denoised 9, noise 10, stream 11, output 12, steps 13, solver_order 14, skip_type 15,
+    # dynamic_thresholding_ratio 16, first_image_index 17.
+    write("sample_request", "ddpm_guided", field(2, (0, 3, 9)) + field(4, 3.0) + field(5, 1) +
+          field(7, "100") + field(8, 42))
+    write("sample_request", "ddim_eta", field(1, "fashion-mnist") + field(2, (1,)) + field(5, 2) +
+          field(6, 0.5) + field(7, "ddim25") + field(11, field(1, 5) + field(2, True)) +
+          field(12, field(2, True) + field(3, True)))
+    write("sample_request", "dpm_solver", field(2, (4, 4)) + field(4, 10.0) + field(5, 3) +
+          field(13, 15) + field(14, 3) + field(15, 3) + field(16, 0.995) + field(17, 100))
+    noise = np.zeros((1, 1, 28, 28), dtype="<f4").tobytes()
+    tensor = field(1, (1, 1, 28, 28)) + field(2, 1) + field(3, noise)
+    write("sample_request", "noise_unclipped", field(3, 1) + field(5, 2) + field(7, "10,5") +
+          field(9, field(1, False)) + field(10, tensor))
+
+
 if __name__ == "__main__":
     npy_seeds()
     npz_seeds()
@@ -159,4 +200,5 @@ if __name__ == "__main__":
     torch_seeds()
     model_flags_seeds()
     respacing_seeds()
+    sample_request_seeds()
     print("seeds written to", CORPUS, file=sys.stderr)

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "http/connection.h"
 #include "http/worker_pool.h"
+#include "core/status_macros.h"
 
 namespace gd::http {
 namespace {
@@ -343,7 +344,7 @@ class Server::Engine final : public httplib::Server {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ListenAddress& address, Handler handler,
                                                       const ServerOptions& options) {
-  if (absl::Status status = CheckOptions(options); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckOptions(options));
   std::unique_ptr<Server> server(new Server());
   server->engine_ = std::make_unique<Engine>(std::move(handler), options);
   errno = 0;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/io/image.h"
+#include "core/status_macros.h"
 
 namespace gd::server {
 namespace {
@@ -14,9 +15,8 @@ absl::StatusOr<std::vector<std::string>> EncodePngs(const torch::Tensor& samples
   const torch::Tensor pixels = SamplesToUint8(samples.clamp(-1, 1));
   std::vector<std::string> pngs;
   for (int64_t i = 0; i < pixels.size(0); ++i) {
-    auto png = EncodePng(pixels[i]);
-    if (!png.ok()) return png.status();
-    pngs.push_back(std::move(*png));
+    ASSIGN_OR_RETURN(auto png, EncodePng(pixels[i]));
+    pngs.push_back(std::move(png));
   }
   return pngs;
 }
@@ -146,9 +146,8 @@ absl::StatusOr<v1::SampleResponse> ResponseFromResult(const JobResult& result,
   v1::SampleResponse response;
   for (int64_t label : result.labels) response.add_labels(label);
   if (!output.skip_png()) {
-    auto pngs = EncodePngs(result.samples);
-    if (!pngs.ok()) return pngs.status();
-    for (auto& png : *pngs) response.add_png(std::move(png));
+    ASSIGN_OR_RETURN(auto pngs, EncodePngs(result.samples));
+    for (auto& png : pngs) response.add_png(std::move(png));
   }
   if (output.float32()) TensorToProto(result.samples, v1::DTYPE_FLOAT32, response.mutable_samples());
   if (output.uint8()) {
@@ -186,9 +185,8 @@ absl::StatusOr<v1::StepEvent> StepEventFromUpdate(const StepUpdate& update,
       TensorToProto(t, dtype, (event.*tensor)());
       return absl::OkStatus();
     }
-    auto encoded = EncodePngs(t);
-    if (!encoded.ok()) return encoded.status();
-    for (auto& image : *encoded) *(event.*pngs)()->Add() = std::move(image);
+    ASSIGN_OR_RETURN(auto encoded, EncodePngs(t));
+    for (auto& image : encoded) *(event.*pngs)()->Add() = std::move(image);
     return absl::OkStatus();
   };
   if (auto s = add(update.x_t, &v1::StepEvent::mutable_x_t, &v1::StepEvent::mutable_x_t_png);

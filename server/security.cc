@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/status_macros.h"
 
 namespace gd::server {
 namespace {
@@ -33,16 +34,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (files.cert.empty() || files.key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
-  auto cert = ReadText(files.cert, "tls_cert");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadText(files.key, "tls_key");
-  if (!key.ok()) return key.status();
+  ASSIGN_OR_RETURN(auto cert, ReadText(files.cert, "tls_cert"));
+  ASSIGN_OR_RETURN(auto key, ReadText(files.key, "tls_key"));
   grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  options.pem_key_cert_pairs.push_back({*key, *cert});
+  options.pem_key_cert_pairs.push_back({key, cert});
   if (!files.client_ca.empty()) {
-    auto ca = ReadText(files.client_ca, "tls_client_ca");
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
+    ASSIGN_OR_RETURN(auto ca, ReadText(files.client_ca, "tls_client_ca"));
+    options.pem_root_certs = ca;
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
@@ -50,10 +48,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 
 absl::StatusOr<std::vector<std::string>> ReadAuthTokens(const std::string& path) {
   if (path.empty()) return std::vector<std::string>{};
-  auto text = ReadText(path, "auth_token_file");
-  if (!text.ok()) return text.status();
+  ASSIGN_OR_RETURN(auto text, ReadText(path, "auth_token_file"));
   std::vector<std::string> tokens;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (!line.empty() && line[0] != '#') tokens.emplace_back(line);
   }

@@ -34,6 +34,7 @@
 #include "server/metrics.h"
 #include "server/sampler_service.h"
 #include "server/security.h"
+#include "core/status_macros.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (0.0.0.0: all IPv4 interfaces).");
 ABSL_FLAG(int, port, 50051, "gRPC port.");
@@ -129,9 +130,8 @@ absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs(const char* argv0) {
   }
   for (const auto& dir : absl::GetFlag(FLAGS_model_dir)) {
     if (dir.empty()) continue;
-    auto spec = gd::ReadModelDir(dir);
-    if (!spec.ok()) return spec.status();
-    specs.push_back(*spec);
+    ASSIGN_OR_RETURN(auto spec, gd::ReadModelDir(dir));
+    specs.push_back(spec);
   }
   if (specs.empty()) {
     const std::string bundled = FindBundledModel(argv0);
@@ -141,9 +141,8 @@ absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs(const char* argv0) {
           "(looked beside the binary, in /usr/share/gd/models and ./models; set "
           "GD_BUNDLED_MODEL)");
     }
-    auto spec = gd::ReadModelDir(bundled);
-    if (!spec.ok()) return spec.status();
-    specs.push_back(*spec);
+    ASSIGN_OR_RETURN(auto spec, gd::ReadModelDir(bundled));
+    specs.push_back(spec);
   }
   for (size_t i = 0; i < specs.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {

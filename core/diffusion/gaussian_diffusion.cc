@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/diffusion/schedule.h"
+#include "core/status_macros.h"
 
 namespace gd {
 
@@ -213,16 +214,14 @@ absl::StatusOr<GaussianDiffusion> GaussianDiffusion::Create(const DiffusionConfi
 
 absl::StatusOr<GaussianDiffusion> GaussianDiffusion::Create(const DiffusionConfig& config,
                                                             const std::string& respacing) {
-  auto betas = NamedBetaSchedule(config.noise_schedule, config.diffusion_steps);
-  if (!betas.ok()) return betas.status();
-  auto kept = SpaceTimesteps(config.diffusion_steps, respacing);
-  if (!kept.ok()) return kept.status();
+  ASSIGN_OR_RETURN(auto betas, NamedBetaSchedule(config.noise_schedule, config.diffusion_steps));
+  ASSIGN_OR_RETURN(auto kept, SpaceTimesteps(config.diffusion_steps, respacing));
   Types types;
   types.mean_type = config.mean_type();
   types.var_type = config.var_type();
   types.loss_type = config.loss_type();
   types.rescale_timesteps = config.rescale_timesteps;
-  return FromBetas(*betas, *kept, types);
+  return FromBetas(betas, kept, types);
 }
 
 absl::StatusOr<GaussianDiffusion> GaussianDiffusion::FromBetas(

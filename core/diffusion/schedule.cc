@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -77,24 +78,22 @@ absl::StatusOr<std::vector<int64_t>> SpaceTimesteps(int64_t num_timesteps,
   }
   absl::string_view rest = spec;
   if (absl::ConsumePrefix(&rest, "ddim")) {
-    auto desired = ParseCount(rest, spec);
-    if (!desired.ok()) return desired.status();
+    ASSIGN_OR_RETURN(auto desired, ParseCount(rest, spec));
     for (int64_t stride = 1; stride < num_timesteps; ++stride) {
-      if ((num_timesteps + stride - 1) / stride == *desired) {
+      if ((num_timesteps + stride - 1) / stride == desired) {
         std::vector<int64_t> steps;
         for (int64_t t = 0; t < num_timesteps; t += stride) steps.push_back(t);
         return steps;
       }
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("timestep_respacing \"", spec, "\": cannot create exactly ", *desired,
+        absl::StrCat("timestep_respacing \"", spec, "\": cannot create exactly ", desired,
                      " steps from ", num_timesteps, " with an integer stride"));
   }
   std::vector<int64_t> section_counts;
   for (absl::string_view part : absl::StrSplit(spec, ',')) {
-    auto count = ParseCount(part, spec);
-    if (!count.ok()) return count.status();
-    section_counts.push_back(*count);
+    ASSIGN_OR_RETURN(auto count, ParseCount(part, spec));
+    section_counts.push_back(count);
   }
   const int64_t sections = static_cast<int64_t>(section_counts.size());
   const int64_t size_per = num_timesteps / sections;

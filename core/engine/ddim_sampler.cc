@@ -2,6 +2,7 @@
 // Nichol 2021: the score moves, eps' = eps - sqrt(1 - alpha_bar) * gradient, and x_0 is rederived.
 #include "absl/strings/str_cat.h"
 #include "core/engine/respaced_run.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -17,9 +18,8 @@ class DdimSampler : public Sampler {
     if (!std::isfinite(job.eta) || job.eta < 0 || job.eta > 1) {
       return absl::InvalidArgumentError(absl::StrCat("eta = ", job.eta, " is outside [0, 1]"));
     }
-    auto process = StartRespaced(processes_, job, max_steps);
-    if (!process.ok()) return process.status();
-    auto run = std::make_unique<RespacedRun>(*process, job.eta);
+    ASSIGN_OR_RETURN(auto process, StartRespaced(processes_, job, max_steps));
+    auto run = std::make_unique<RespacedRun>(process, job.eta);
     run->set_uses_noise(job.eta > 0);
     return run;
   }

@@ -2,6 +2,7 @@
 // Dhariwal & Nichol 2021: the mean moves by variance * gradient.
 #include "absl/strings/str_cat.h"
 #include "core/engine/respaced_run.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -18,9 +19,8 @@ class DdpmSampler : public Sampler {
       return absl::InvalidArgumentError(
           absl::StrCat("eta = ", job.eta, " applies to DDIM only; DDPM needs eta 0"));
     }
-    auto process = StartRespaced(processes_, job, max_steps);
-    if (!process.ok()) return process.status();
-    return std::make_unique<RespacedRun>(*process, /*eta=*/0.0);
+    ASSIGN_OR_RETURN(auto process, StartRespaced(processes_, job, max_steps));
+    return std::make_unique<RespacedRun>(process, /*eta=*/0.0);
   }
 
   SamplerStep Step(const SamplerRows& rows) const override {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/diffusion/schedule.h"
 #include "core/engine/sampler.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -66,7 +67,7 @@ class DpmSolverSampler : public Sampler {
 
   absl::StatusOr<std::unique_ptr<SamplerRun>> Start(const SampleJob& job,
                                                     int64_t max_steps) const override {
-    if (auto status = Check(job, max_steps); !status.ok()) return status;
+    RETURN_IF_ERROR(Check(job, max_steps));
     const int64_t order = job.solver_order == 0 ? 2 : job.solver_order;
     const double t_max = static_cast<double>(config_.diffusion_steps);
     // The reference calls the networks at (t - 1/N) * 1000, for models of T = 1000 steps; on
@@ -173,11 +174,9 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeDpmSolverSampler(const ModelBundle&
   if (config.mean_type() != ModelMeanType::kEpsilon && config.mean_type() != ModelMeanType::kStartX) {
     return absl::FailedPreconditionError("DPM-Solver++ needs a model that predicts eps or x_0");
   }
-  auto betas = NamedBetaSchedule(config.noise_schedule, config.diffusion_steps);
-  if (!betas.ok()) return betas.status();
-  auto schedule = DpmSchedule::FromBetas(*betas);
-  if (!schedule.ok()) return schedule.status();
-  return std::make_unique<DpmSolverSampler>(std::move(*schedule), config);
+  ASSIGN_OR_RETURN(auto betas, NamedBetaSchedule(config.noise_schedule, config.diffusion_steps));
+  ASSIGN_OR_RETURN(auto schedule, DpmSchedule::FromBetas(betas));
+  return std::make_unique<DpmSolverSampler>(std::move(schedule), config);
 }
 
 }  // namespace gd

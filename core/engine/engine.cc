@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/diffusion/counter_noise.h"
 #include "core/nn/guidance.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -236,9 +237,8 @@ absl::StatusOr<std::unique_ptr<SamplerRun>> Engine::Check(const SampleJob& job) 
     return Invalid(absl::StrCat("dynamic_thresholding_ratio = ", ratio, " corrects x_0, but "
                                 "clip_denoised = false asks for no correction; drop one of them"));
   }
-  auto run = StartRun(job);
-  if (!run.ok()) return run.status();
-  const int64_t steps = (*run)->total_steps();
+  ASSIGN_OR_RETURN(auto run, StartRun(job));
+  const int64_t steps = (run)->total_steps();
   const int64_t pixel_steps = n * m.image_size() * m.image_size() * steps;
   if (options_.max_pixel_steps > 0 && pixel_steps > options_.max_pixel_steps) {
     return Invalid(absl::StrCat(n, " images x ", m.image_size(), "x", m.image_size(), " pixels x ",

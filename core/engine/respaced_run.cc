@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace gd {
 
@@ -51,9 +52,8 @@ absl::StatusOr<std::shared_ptr<const GaussianDiffusion>> StartRespaced(const Pro
     return absl::InvalidArgumentError(absl::StrCat("skip_type = ", ToString(*job.skip_type),
                                                    " applies to DPM-Solver++ only, not ", name));
   }
-  auto process = cache.Get(job.timestep_respacing);
-  if (!process.ok()) return process.status();
-  const int64_t steps = (*process)->num_timesteps();
+  ASSIGN_OR_RETURN(auto process, cache.Get(job.timestep_respacing));
+  const int64_t steps = (process)->num_timesteps();
   if (max_steps > 0 && steps > max_steps) {
     const std::string respacing =
         job.timestep_respacing.empty() ? "the model's own process" : absl::StrCat(
@@ -62,7 +62,7 @@ absl::StatusOr<std::shared_ptr<const GaussianDiffusion>> StartRespaced(const Pro
         respacing, " runs ", steps, " steps; this server allows at most ", max_steps,
         " (give a shorter timestep_respacing, e.g. \"", max_steps, "\")"));
   }
-  return *process;
+  return process;
 }
 
 torch::Tensor GatherCoefficients(const SamplerRows& rows, int64_t extra,

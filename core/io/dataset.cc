@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "core/io/image.h"
 #include "core/io/npy.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -218,20 +219,19 @@ absl::StatusOr<ImageDataset> LoadIdxDirectory(const fs::path& directory, const s
         directory.string(), ": holds IDX files but not ", prefix, "-",
         images.empty() ? "images-idx3" : "labels-idx1", "-ubyte[.gz] for split '", split, "'"));
   }
-  absl::StatusOr<ImageDataset> data = LoadIdx(images, labels);
-  if (!data.ok()) return data.status();
+  ASSIGN_OR_RETURN(auto data, LoadIdx(images, labels));
   const bool fashion = LooksLikeFashionMnist(directory);
-  data->class_names = fashion ? FashionMnistClassNames() : MnistClassNames();
-  if (data->num_classes > 10) {
-    const int64_t bad = data->labels.argmax().item<int64_t>();
+  data.class_names = fashion ? FashionMnistClassNames() : MnistClassNames();
+  if (data.num_classes > 10) {
+    const int64_t bad = data.labels.argmax().item<int64_t>();
     return absl::InvalidArgumentError(
-        absl::StrCat(labels, ": labels[", bad, "] = ", data->labels[bad].item<int64_t>(),
+        absl::StrCat(labels, ": labels[", bad, "] = ", data.labels[bad].item<int64_t>(),
                      " is outside [0, 10) for ", fashion ? "Fashion-MNIST" : "MNIST"));
   }
-  data->num_classes = 10;
-  data->description =
-      absl::StrCat(fashion ? "fashion-mnist " : "mnist ", split, ", ", data->images.size(0),
-                   " images ", SizeText(data->images), ", ", ClassesText(*data));
+  data.num_classes = 10;
+  data.description =
+      absl::StrCat(fashion ? "fashion-mnist " : "mnist ", split, ", ", data.images.size(0),
+                   " images ", SizeText(data.images), ", ", ClassesText(data));
   return data;
 }
 
@@ -315,9 +315,8 @@ absl::StatusOr<ImageDataset> LoadImageFolder(const fs::path& directory) {
   data.labels = torch::zeros({count}, torch::kLong);
   auto* labels = data.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) {
-    absl::StatusOr<torch::Tensor> image = ReadPng(files[i]);
-    if (!image.ok()) return image.status();
-    torch::Tensor chw = image->permute({2, 0, 1});
+    ASSIGN_OR_RETURN(auto image, ReadPng(files[i]));
+    torch::Tensor chw = image.permute({2, 0, 1});
     if (i == 0) {
       data.images = torch::empty({count, chw.size(0), chw.size(1), chw.size(2)}, torch::kUInt8);
     } else if (chw.sizes() != data.images.sizes().slice(1)) {
@@ -337,12 +336,11 @@ absl::StatusOr<ImageDataset> LoadImageFolder(const fs::path& directory) {
 // ---- .npz --------------------------------------------------------------------------------------
 
 absl::StatusOr<ImageDataset> LoadNpzDataset(const std::string& path) {
-  absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> arrays = ReadNpz(path);
-  if (!arrays.ok()) return arrays.status();
+  ASSIGN_OR_RETURN(auto arrays, ReadNpz(path));
   const torch::Tensor* images = nullptr;
   const torch::Tensor* labels = nullptr;
   std::vector<std::string> names;
-  for (const auto& [name, array] : *arrays) {
+  for (const auto& [name, array] : arrays) {
     names.push_back(name);
     if (name == "arr_0") images = &array;
     if (name == "arr_1") labels = &array;
@@ -387,15 +385,13 @@ absl::StatusOr<ImageDataset> LoadNpzDataset(const std::string& path) {
 
 absl::StatusOr<ImageDataset> LoadIdx(const std::string& images_path,
                                      const std::string& labels_path) {
-  absl::StatusOr<std::string> image_bytes = ReadIdxBytes(images_path);
-  if (!image_bytes.ok()) return image_bytes.status();
+  ASSIGN_OR_RETURN(auto image_bytes, ReadIdxBytes(images_path));
   absl::StatusOr<std::vector<int64_t>> image_dims =
-      ParseIdxHeader(*image_bytes, images_path, /*rank=*/3, "image");
+      ParseIdxHeader(image_bytes, images_path, /*rank=*/3, "image");
   if (!image_dims.ok()) return image_dims.status();
-  absl::StatusOr<std::string> label_bytes = ReadIdxBytes(labels_path);
-  if (!label_bytes.ok()) return label_bytes.status();
+  ASSIGN_OR_RETURN(auto label_bytes, ReadIdxBytes(labels_path));
   absl::StatusOr<std::vector<int64_t>> label_dims =
-      ParseIdxHeader(*label_bytes, labels_path, /*rank=*/1, "label");
+      ParseIdxHeader(label_bytes, labels_path, /*rank=*/1, "label");
   if (!label_dims.ok()) return label_dims.status();
   const int64_t count = (*image_dims)[0];
   const int64_t height = (*image_dims)[1];
@@ -412,13 +408,13 @@ absl::StatusOr<ImageDataset> LoadIdx(const std::string& images_path,
   ImageDataset data;
   try {
     data.images = torch::empty({count, 1, height, width}, torch::kUInt8);
-    std::memcpy(data.images.data_ptr(), image_bytes->data() + 16, count * height * width);
-    image_bytes->clear();
+    std::memcpy(data.images.data_ptr(), image_bytes.data() + 16, count * height * width);
+    image_bytes.clear();
     data.labels = torch::empty({count}, torch::kLong);
     auto* labels = data.labels.data_ptr<int64_t>();
     int64_t max_label = 0;
     for (int64_t i = 0; i < count; ++i) {
-      labels[i] = static_cast<unsigned char>((*label_bytes)[8 + i]);
+      labels[i] = static_cast<unsigned char>((label_bytes)[8 + i]);
       max_label = std::max(max_label, labels[i]);
     }
     data.has_labels = true;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/formats/formats.h"
+#include "core/status_macros.h"
 
 namespace gd {
 
@@ -47,12 +48,11 @@ absl::StatusOr<std::string> EncodePng(const torch::Tensor& image_hwc) {
 }
 
 absl::StatusOr<torch::Tensor> DecodePng(absl::string_view bytes, absl::string_view what) {
-  absl::StatusOr<formats::Image> image = formats::DecodePng(bytes, what);
-  if (!image.ok()) return image.status();
+  ASSIGN_OR_RETURN(auto image, formats::DecodePng(bytes, what));
   try {
     torch::Tensor pixels =
-        torch::empty({image->height, image->width, image->channels}, torch::kUInt8);
-    if (pixels.numel() > 0) std::memcpy(pixels.data_ptr(), image->pixels.data(), pixels.numel());
+        torch::empty({image.height, image.width, image.channels}, torch::kUInt8);
+    if (pixels.numel() > 0) std::memcpy(pixels.data_ptr(), image.pixels.data(), pixels.numel());
     return pixels;
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": ", e.what_without_backtrace()));
@@ -68,9 +68,8 @@ absl::Status WritePng(const std::string& path, const torch::Tensor& image_hwc) {
 }
 
 absl::StatusOr<torch::Tensor> ReadPng(const std::string& path) {
-  absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
-  if (!bytes.ok()) return bytes.status();
-  return DecodePng(*bytes, path);
+  ASSIGN_OR_RETURN(auto bytes, formats::ReadFileBytes(path));
+  return DecodePng(bytes, path);
 }
 
 torch::Tensor MakeGrid(const torch::Tensor& images_nhwc, int64_t columns, int64_t padding,

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/formats/formats.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -77,15 +78,13 @@ absl::Status WriteFileBytes(const std::string& path, absl::string_view bytes) {
 }
 
 absl::StatusOr<torch::Tensor> ParseNpy(absl::string_view bytes, absl::string_view what) {
-  absl::StatusOr<formats::NpyArray> array = formats::ParseNpyArray(bytes, what);
-  if (!array.ok()) return array.status();
-  return ToTensor(*array, what);
+  ASSIGN_OR_RETURN(auto array, formats::ParseNpyArray(bytes, what));
+  return ToTensor(array, what);
 }
 
 absl::StatusOr<torch::Tensor> ReadNpy(const std::string& path) {
-  absl::StatusOr<std::string> bytes = formats::ReadFileBytes(path);
-  if (!bytes.ok()) return bytes.status();
-  return ParseNpy(*bytes, path);
+  ASSIGN_OR_RETURN(auto bytes, formats::ReadFileBytes(path));
+  return ParseNpy(bytes, path);
 }
 
 std::string SerializeNpy(const torch::Tensor& tensor) {
@@ -109,11 +108,10 @@ absl::Status WriteNpy(const std::string& path, const torch::Tensor& tensor) {
 
 absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadNpz(
     const std::string& path) {
-  absl::StatusOr<std::string> file = formats::ReadFileBytes(path);
-  if (!file.ok()) return file.status();
+  ASSIGN_OR_RETURN(auto file, formats::ReadFileBytes(path));
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   absl::Status status =
-      formats::VisitNpz(*file, path, [&](const std::string& name, const formats::NpyArray& array) {
+      formats::VisitNpz(file, path, [&](const std::string& name, const formats::NpyArray& array) {
         absl::StatusOr<torch::Tensor> tensor =
             ToTensor(array, absl::StrCat(path, ":", name, ".npy"));
         if (!tensor.ok()) return tensor.status();

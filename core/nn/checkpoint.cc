@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "core/nn/checkpoint_format.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace checkpoint_internal {
@@ -92,11 +93,10 @@ absl::StatusOr<FilePtr> OpenForReading(const std::string& path) {
 }
 
 absl::StatusOr<std::string> ReadPrefix(const std::string& path, size_t max_bytes) {
-  absl::StatusOr<FilePtr> file = OpenForReading(path);
-  if (!file.ok()) return file.status();
+  ASSIGN_OR_RETURN(auto file, OpenForReading(path));
   std::string prefix(max_bytes, '\0');
-  const size_t got = std::fread(prefix.data(), 1, max_bytes, file->get());
-  if (got < max_bytes && std::ferror(file->get())) {
+  const size_t got = std::fread(prefix.data(), 1, max_bytes, file.get());
+  if (got < max_bytes && std::ferror(file.get())) {
     return FileError("cannot read checkpoint", path, errno);
   }
   prefix.resize(got);
@@ -134,13 +134,12 @@ std::string KeyList(const std::vector<std::string>& keys) {
 }  // namespace
 
 absl::StatusOr<StateDict> ReadCheckpoint(const std::string& path) {
-  absl::StatusOr<std::string> prefix = ReadPrefix(path, 64);
-  if (!prefix.ok()) return prefix.status();
-  if (absl::StartsWith(*prefix, kZipMagic) || IsLegacyTorchPickle(*prefix)) {
+  ASSIGN_OR_RETURN(auto prefix, ReadPrefix(path, 64));
+  if (absl::StartsWith(prefix, kZipMagic) || IsLegacyTorchPickle(prefix)) {
     return ReadTorchCheckpoint(path);
   }
-  if (prefix->size() > 8 && (*prefix)[8] == '{') return ReadSafetensors(path);
-  if (prefix->empty())
+  if (prefix.size() > 8 && (prefix)[8] == '{') return ReadSafetensors(path);
+  if (prefix.empty())
     return absl::DataLossError(absl::StrCat("checkpoint \"", path, "\" is empty"));
   return absl::InvalidArgumentError(absl::StrCat(
       "checkpoint \"", path,

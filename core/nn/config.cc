@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -213,14 +214,13 @@ ReferenceFlags ReferenceFlags::Defaults() {
 }
 
 absl::Status ReferenceFlags::Set(const FlagSpec& spec, const std::string& value) {
-  auto canonical = Canonical(spec, value);
-  if (!canonical.ok()) return canonical.status();
-  if (explicit_[spec.name] && values_[spec.name] != *canonical) {
+  ASSIGN_OR_RETURN(auto canonical, Canonical(spec, value));
+  if (explicit_[spec.name] && values_[spec.name] != canonical) {
     return absl::InvalidArgumentError(absl::StrCat("--", spec.name, " is given twice: \"",
-                                                   values_[spec.name], "\" and \"", *canonical,
+                                                   values_[spec.name], "\" and \"", canonical,
                                                    "\""));
   }
-  values_[spec.name] = *canonical;
+  values_[spec.name] = canonical;
   explicit_[spec.name] = true;
   return absl::OkStatus();
 }
@@ -236,9 +236,8 @@ absl::StatusOr<ReferenceFlags> ReferenceFlags::Parse(const std::vector<std::stri
     } else {
       flags.specs_.push_back(extra);
     }
-    auto canonical = Canonical(extra, extra.default_value);
-    if (!canonical.ok()) return canonical.status();
-    flags.values_[extra.name] = *canonical;
+    ASSIGN_OR_RETURN(auto canonical, Canonical(extra, extra.default_value));
+    flags.values_[extra.name] = canonical;
   }
   for (size_t i = 0; i < args.size(); ++i) {
     absl::string_view arg = args[i];
@@ -263,7 +262,7 @@ absl::StatusOr<ReferenceFlags> ReferenceFlags::Parse(const std::vector<std::stri
       }
       value = args[++i];
     }
-    if (auto status = flags.Set(*spec, *value); !status.ok()) return status;
+    RETURN_IF_ERROR(flags.Set(*spec, *value));
   }
   return flags;
 }
@@ -306,7 +305,7 @@ absl::StatusOr<ReferenceFlags> ReferenceFlags::FromJson(const nlohmann::json& js
       return absl::InvalidArgumentError(
           absl::StrCat("flag \"", name, "\" has a value that is not a string, number or bool"));
     }
-    if (auto status = flags.Set(*spec, text); !status.ok()) return status;
+    RETURN_IF_ERROR(flags.Set(*spec, text));
   }
   return flags;
 }
@@ -376,7 +375,7 @@ bool ReferenceFlags::GetBool(const std::string& name) const { return Get(name) =
 absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
   for (const char* name : {"image_size", "num_channels", "num_res_blocks", "in_channels",
                            "num_classes", "diffusion_steps"}) {
-    if (auto s = SizeInRange(*this, name); !s.ok()) return s;
+    RETURN_IF_ERROR(SizeInRange(*this, name));
   }
   UNetConfig c;
   c.image_size = GetInt("image_size");
@@ -393,9 +392,8 @@ absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
     return absl::InvalidArgumentError(
         absl::StrCat("--dropout = ", c.dropout, " is outside [0, 1)"));
   }
-  auto mult = ParseChannelMult(Get("channel_mult"), c.image_size, "channel_mult");
-  if (!mult.ok()) return mult.status();
-  c.channel_mult = *mult;
+  ASSIGN_OR_RETURN(auto mult, ParseChannelMult(Get("channel_mult"), c.image_size, "channel_mult"));
+  c.channel_mult = mult;
   c.num_classes = GetBool("class_cond") ? GetInt("num_classes") : 0;
   c.precision = GetBool("use_fp16") ? Precision::kFloat16 : Precision::kFloat32;
   c.num_heads = GetInt("num_heads");
@@ -410,7 +408,7 @@ absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
 absl::StatusOr<UNetConfig> ReferenceFlags::Classifier() const {
   for (const char* name : {"image_size", "classifier_width", "classifier_depth", "in_channels",
                            "num_classes"}) {
-    if (auto s = SizeInRange(*this, name); !s.ok()) return s;
+    RETURN_IF_ERROR(SizeInRange(*this, name));
   }
   UNetConfig c;
   c.image_size = GetInt("image_size");

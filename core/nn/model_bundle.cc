@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/nn/checkpoint.h"
 #include "core/nn/guidance.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -21,9 +22,8 @@ absl::Status Annotate(const absl::Status& status, const std::string& context) {
 
 template <typename Net>
 absl::Status LoadWeights(Net& net, const std::string& path, const std::string& what) {
-  auto state = ReadCheckpoint(path);
-  if (!state.ok()) return state.status();
-  return LoadStateDict(*net, *state, what, path);
+  ASSIGN_OR_RETURN(auto state, ReadCheckpoint(path));
+  return LoadStateDict(*net, state, what, path);
 }
 
 }  // namespace
@@ -71,7 +71,7 @@ absl::StatusOr<ModelSpec> ReadModelDir(const std::string& dir) {
            {"model_path", &spec.model_path},
            {"classifier_flags", &spec.classifier_flags},
            {"classifier_path", &spec.classifier_path}}) {
-    if (auto s = text(key, field); !s.ok()) return s;
+    RETURN_IF_ERROR(text(key, field));
   }
   for (const auto& [key, value] : json.items()) {
     static const std::vector<std::string> known = {"name", "description", "model_flags",
@@ -145,7 +145,9 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
   bundle->name = spec.name;
   bundle->description = spec.description;
   bundle->model_flags = spec.model_flags;
-  bundle->classifier_flags = spec.classifier_path.empty() ? "" : spec.classifier_flags;
+  const bool with_classifier = spec.random_weights ? !spec.classifier_flags.empty()
+                                                  : !spec.classifier_path.empty();
+  bundle->classifier_flags = with_classifier ? spec.classifier_flags : "";
   bundle->flags = *flags;
   bundle->diffusion = flags->Diffusion();
   bundle->class_names = spec.class_names;
@@ -163,23 +165,27 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
     auto unet = CreateUNet(*unet_config);
     if (!unet.ok()) return Annotate(unet.status(), context);
     bundle->unet = *unet;
-    if (auto s = LoadWeights(bundle->unet, spec.model_path, spec.name); !s.ok()) return s;
+    if (!spec.random_weights) {
+      RETURN_IF_ERROR(LoadWeights(bundle->unet, spec.model_path, spec.name));
+    }
     bundle->unet->to(device);
     bundle->unet->SetPrecision(precision);
     FreezeForInference(*bundle->unet);
     bundle->unet_config.precision = precision;
 
-    if (!spec.classifier_path.empty()) {
+    if (with_classifier) {
       auto classifier_config = flags->Classifier();
       if (!classifier_config.ok()) return Annotate(classifier_config.status(), context);
       classifier_config->precision = Precision::kFloat32;
       auto classifier = CreateEncoderUNet(*classifier_config);
       if (!classifier.ok()) return Annotate(classifier.status(), context);
       bundle->classifier = *classifier;
-      if (auto s = LoadWeights(bundle->classifier, spec.classifier_path,
-                               absl::StrCat(spec.name, " classifier"));
-          !s.ok()) {
-        return s;
+      if (!spec.random_weights) {
+        if (auto s = LoadWeights(bundle->classifier, spec.classifier_path,
+                                 absl::StrCat(spec.name, " classifier"));
+            !s.ok()) {
+          return s;
+        }
       }
       bundle->classifier->to(device);
       bundle->classifier->SetPrecision(precision);

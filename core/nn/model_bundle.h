@@ -27,6 +27,9 @@ struct ModelSpec {
   std::string classifier_path;   // empty: no classifier (unguided sampling only)
   std::vector<std::string> class_names;  // optional, one per class
   double default_classifier_scale = 0;    // recommended guidance scale; 0 = none given
+  // Benchmarks of architectures without their checkpoints: the networks keep their initial
+  // (random) weights, no path is read, and a classifier is built whenever classifier_flags is set.
+  bool random_weights = false;
 };
 
 // A model directory holds model.json:

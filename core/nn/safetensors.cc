@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "core/nn/checkpoint_format.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -136,9 +137,8 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
     const auto info = header.find(name);
     if (info == header.end() || !seen.insert(name).second) continue;  // a repeated key
     if (name != "__metadata__") {
-      absl::StatusOr<SafetensorsEntry> entry = ParseSafetensorsEntry(name, *info, data_size);
-      if (!entry.ok()) return entry.status();
-      entries.push_back(*std::move(entry));
+      ASSIGN_OR_RETURN(auto entry, ParseSafetensorsEntry(name, *info, data_size));
+      entries.push_back(std::move(entry));
       continue;
     }
     if (!info->is_object()) return absl::DataLossError("__metadata__ is not an object");
@@ -168,9 +168,8 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(
 
 absl::StatusOr<StateDict> ReadSafetensorsFile(const std::string& path,
                                               std::map<std::string, std::string>* metadata) {
-  absl::StatusOr<FilePtr> file = OpenForReading(path);
-  if (!file.ok()) return file.status();
-  std::FILE* stream = file->get();
+  ASSIGN_OR_RETURN(auto file, OpenForReading(path));
+  std::FILE* stream = file.get();
   if (fseeko(stream, 0, SEEK_END) != 0) return FileError("cannot seek in", path, errno);
   const off_t file_size_signed = ftello(stream);
   if (file_size_signed < 0) return FileError("cannot seek in", path, errno);
@@ -262,16 +261,15 @@ absl::Status WriteSafetensorsFile(const std::string& path, const StateDict& tens
     }
     contiguous.emplace_back(name, tensor.detach().to(torch::kCPU).contiguous());
   }
-  absl::StatusOr<std::string> header = SafetensorsHeader(contiguous, metadata);
-  if (!header.ok()) return header.status();
+  ASSIGN_OR_RETURN(auto header, SafetensorsHeader(contiguous, metadata));
   unsigned char length_bytes[8];
-  for (int i = 0; i < 8; ++i) length_bytes[i] = (uint64_t{header->size()} >> (8 * i)) & 0xff;
+  for (int i = 0; i < 8; ++i) length_bytes[i] = (uint64_t{header.size()} >> (8 * i)) & 0xff;
 
   const std::string temporary_path = path + ".tmp";
   FilePtr file(std::fopen(temporary_path.c_str(), "wb"));
   if (file == nullptr) return FileError("cannot create", temporary_path, errno);
   bool written = std::fwrite(length_bytes, 1, 8, file.get()) == 8 &&
-                 std::fwrite(header->data(), 1, header->size(), file.get()) == header->size();
+                 std::fwrite(header.data(), 1, header.size(), file.get()) == header.size();
   for (const auto& entry : contiguous) {
     if (!written) break;
     const torch::Tensor& tensor = entry.second;

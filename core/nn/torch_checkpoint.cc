@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "core/nn/checkpoint_format.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -277,7 +278,7 @@ class StateDictUnpickler {
   absl::Status PopTuple(size_t count) {
     std::vector<ValueId> items(count);
     for (size_t i = count; i > 0; --i) {
-      if (absl::Status status = PopInto(&items[i - 1]); !status.ok()) return status;
+      RETURN_IF_ERROR(PopInto(&items[i - 1]));
     }
     return PushTuple(std::move(items));
   }
@@ -294,7 +295,7 @@ class StateDictUnpickler {
   // The container on top of the stack, which must be of `kind`.
   absl::Status TopContainer(Kind kind, Value** container) {
     ValueId id = 0;
-    if (absl::Status status = Top(&id); !status.ok()) return status;
+    RETURN_IF_ERROR(Top(&id));
     if (values_[id].kind != kind) {
       return Corrupt(absl::StrCat("expects a ", KindName(kind), " on the stack, found a ",
                                   KindName(values_[id].kind)));
@@ -306,14 +307,14 @@ class StateDictUnpickler {
   absl::Status AddDictItems(const std::vector<ValueId>& items) {
     if (items.size() % 2 != 0) return Corrupt("odd number of items for a dict");
     Value* dict = nullptr;
-    if (absl::Status status = TopContainer(Kind::kDict, &dict); !status.ok()) return status;
+    RETURN_IF_ERROR(TopContainer(Kind::kDict, &dict));
     for (size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
     return absl::OkStatus();
   }
 
   absl::Status Memoize(uint64_t index) {
     ValueId id = 0;
-    if (absl::Status status = Top(&id); !status.ok()) return status;
+    RETURN_IF_ERROR(Top(&id));
     memo_[index] = id;
     return absl::OkStatus();
   }
@@ -575,7 +576,7 @@ class StateDictUnpickler {
   // torch.save's persistent id: ("storage", storage_type, key, location, numel).
   absl::Status ExecutePersistentId() {
     ValueId pid_id = 0;
-    if (absl::Status status = PopInto(&pid_id); !status.ok()) return status;
+    RETURN_IF_ERROR(PopInto(&pid_id));
     const Value& pid = values_[pid_id];
     const bool well_formed =
         pid.kind == Kind::kTuple && pid.items.size() == 5 &&
@@ -598,9 +599,8 @@ class StateDictUnpickler {
     }
     auto it = storages_.find(key);
     if (it == storages_.end()) {
-      absl::StatusOr<torch::Tensor> flat = read_storage_(key, dtype, numel);
-      if (!flat.ok()) return flat.status();
-      it = storages_.emplace(key, StorageRecord{*std::move(flat)}).first;
+      ASSIGN_OR_RETURN(auto flat, read_storage_(key, dtype, numel));
+      it = storages_.emplace(key, StorageRecord{std::move(flat)}).first;
     } else if (it->second.flat.scalar_type() != dtype || it->second.flat.numel() != numel) {
       return absl::InvalidArgumentError(
           absl::StrCat("storage ", Quoted(key), " is read as ", it->second.flat.numel(),
@@ -618,8 +618,8 @@ class StateDictUnpickler {
   absl::Status ExecuteReduce() {
     ValueId args_id = 0;
     ValueId callable_id = 0;
-    if (absl::Status status = PopInto(&args_id); !status.ok()) return status;
-    if (absl::Status status = PopInto(&callable_id); !status.ok()) return status;
+    RETURN_IF_ERROR(PopInto(&args_id));
+    RETURN_IF_ERROR(PopInto(&callable_id));
     const Value& callable = values_[callable_id];
     const Value& args = values_[args_id];
     if (callable.kind != Kind::kGlobal) {
@@ -796,16 +796,15 @@ absl::StatusOr<StateDict> ReadTorchCheckpoint(const std::string& path) {
   if (!HostIsLittleEndian()) {
     return absl::UnimplementedError(context + ": reading on a big-endian host is not supported");
   }
-  absl::StatusOr<std::string> prefix = ReadPrefix(path, 64);
-  if (!prefix.ok()) return prefix.status();
-  if (IsLegacyTorchPickle(*prefix)) {
+  ASSIGN_OR_RETURN(auto prefix, ReadPrefix(path, 64));
+  if (IsLegacyTorchPickle(prefix)) {
     return absl::UnimplementedError(absl::StrCat(
         context,
         " is in the legacy torch.save format (PyTorch < 1.6 or _use_new_zipfile_serialization="
         "False), which is not supported: re-save it with PyTorch >= 1.6, e.g. "
         "torch.save(torch.load(path), path)"));
   }
-  if (!absl::StartsWith(*prefix, kZipMagic)) {
+  if (!absl::StartsWith(prefix, kZipMagic)) {
     return absl::InvalidArgumentError(absl::StrCat(
         context, " is not a torch.save zip archive (it does not start with \"PK\\x03\\x04\")"));
   }

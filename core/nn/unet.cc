@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/nn/flops.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -277,7 +278,7 @@ torch::Tensor EncoderUNetModelImpl::forward(const torch::Tensor& x,
 // ---- Factories ---------------------------------------------------------------------------------
 
 absl::StatusOr<UNetModel> CreateUNet(const UNetConfig& config) {
-  if (auto s = CheckCommon(config, "UNet"); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckCommon(config, "UNet"));
   try {
     return UNetModel(config);
   } catch (const c10::Error& e) {
@@ -286,7 +287,7 @@ absl::StatusOr<UNetModel> CreateUNet(const UNetConfig& config) {
 }
 
 absl::StatusOr<EncoderUNetModel> CreateEncoderUNet(const UNetConfig& config) {
-  if (auto s = CheckCommon(config, "classifier"); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckCommon(config, "classifier"));
   const std::vector<std::string> pools = {"adaptive", "attention", "spatial", "spatial_v2"};
   if (std::find(pools.begin(), pools.end(), config.pool) == pools.end()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -13,6 +13,7 @@
 #include "core/train/optim.h"
 #include "core/train/train_common.h"
 #include "core/train/trainer.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -46,54 +47,48 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
       return absl::InvalidArgumentError(
           "--classifier_use_fp16 training is not supported: gd-train trains in float32");
     }
-    auto config = flags.Classifier();
-    if (!config.ok()) return config.status();
-    auto diffusion = GaussianDiffusion::Create(flags.Diffusion(), "");
-    if (!diffusion.ok()) return diffusion.status();
-    auto data = LoadDataset(o.data, "train");
-    if (!data.ok()) return data.status();
-    if (!data->has_labels) {
+    ASSIGN_OR_RETURN(auto config, flags.Classifier());
+    ASSIGN_OR_RETURN(auto diffusion, GaussianDiffusion::Create(flags.Diffusion(), ""));
+    ASSIGN_OR_RETURN(auto data, LoadDataset(o.data, "train"));
+    if (!data.has_labels) {
       return absl::InvalidArgumentError(absl::StrCat("--data ", o.data, " has no labels"));
     }
-    const auto sizes = data->images.sizes();
-    if (sizes[1] != config->in_channels || sizes[2] != config->image_size ||
-        sizes[3] != config->image_size || data->num_classes > config->out_channels) {
+    const auto sizes = data.images.sizes();
+    if (sizes[1] != config.in_channels || sizes[2] != config.image_size ||
+        sizes[3] != config.image_size || data.num_classes > config.out_channels) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "--data %s holds %d classes of %dx%dx%d images; the classifier is built for %d classes "
           "of %dx%dx%d (--num_classes, --in_channels, --image_size)",
-          o.data, data->num_classes, sizes[1], sizes[2], sizes[3], config->out_channels,
-          config->in_channels, config->image_size, config->image_size));
+          o.data, data.num_classes, sizes[1], sizes[2], sizes[3], config.out_channels,
+          config.in_channels, config.image_size, config.image_size));
     }
     std::optional<ImageDataset> val;
     if (!o.val_data.empty()) {
-      auto loaded = LoadDataset(o.val_data, "test");
-      if (!loaded.ok()) return loaded.status();
-      val = std::move(*loaded);
+      ASSIGN_OR_RETURN(auto loaded, LoadDataset(o.val_data, "test"));
+      val = std::move(loaded);
     } else if (auto test = LoadDataset(o.data, "test"); test.ok() && fs::is_directory(o.data)) {
       val = std::move(*test);
     }
     if (val && !val->has_labels) {
       return absl::InvalidArgumentError(absl::StrCat("--val_data ", o.val_data, " has no labels"));
     }
-    auto sampler = CreateScheduleSampler(o.schedule_sampler, diffusion->num_timesteps());
-    if (!sampler.ok()) return sampler.status();
+    ASSIGN_OR_RETURN(auto sampler,
+                     CreateScheduleSampler(o.schedule_sampler, diffusion.num_timesteps()));
 
     torch::manual_seed(o.seed);
-    auto created = CreateEncoderUNet(*config);
-    if (!created.ok()) return created.status();
-    EncoderUNetModel model = *created;
+    ASSIGN_OR_RETURN(auto created, CreateEncoderUNet(config));
+    EncoderUNetModel model = created;
     std::vector<std::pair<std::string, torch::Tensor>> params;
     for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
     AdamW optimizer(params, {o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
 
     int64_t step = 0;
-    auto resume = train::ResolveResume(o.resume_checkpoint, o.out);
-    if (!resume.ok()) return resume.status();
-    if (!resume->empty()) {
-      auto loaded = train::LoadModelAndOptimizer(*resume, *model, optimizer, "classifier");
-      if (!loaded.ok()) return loaded.status();
-      step = *loaded;
-      std::cerr << "[classifier] resumed from " << *resume << " at step " << step << std::endl;
+    ASSIGN_OR_RETURN(auto resume, train::ResolveResume(o.resume_checkpoint, o.out));
+    if (!resume.empty()) {
+      ASSIGN_OR_RETURN(auto loaded,
+                       train::LoadModelAndOptimizer(resume, *model, optimizer, "classifier"));
+      step = loaded;
+      std::cerr << "[classifier] resumed from " << resume << " at step " << step << std::endl;
     }
 
     int64_t end = o.iterations;
@@ -102,10 +97,10 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
     fs::create_directories(o.out, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create --out ", o.out));
     train::MetricsLog log((fs::path(o.out) / "metrics.jsonl").string(), "classifier",
-                          diffusion->num_timesteps(), end, step);
+                          diffusion.num_timesteps(), end, step);
     const std::string flag_string = flags.ToFlagString(/*reference_only=*/true);
     std::cerr << "[classifier] " << CountParameters(*model) << " parameters, "
-              << data->description << (val ? ", held out: " + val->description : "")
+              << data.description << (val ? ", held out: " + val->description : "")
               << ", flags: " << flag_string << std::endl;
 
     auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
@@ -121,8 +116,8 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
       const int64_t n = o.eval_samples > 0 ? o.eval_samples : o.batch_size;
       for (int64_t i = 0; i < n; i += o.batch_size) {
         const Batch b = SampleBatch(*val, std::min(o.batch_size, n - i), gen, false);
-        const Noised in = Noise(*diffusion, **sampler, b.images, o.noised, gen);
-        const torch::Tensor logits = model->forward(in.x, diffusion->ModelTimesteps(in.t));
+        const Noised in = Noise(diffusion, *sampler, b.images, o.noised, gen);
+        const torch::Tensor logits = model->forward(in.x, diffusion.ModelTimesteps(in.t));
         log.AddPerTimestep("eval_loss",
                            torch::cross_entropy_loss(logits, b.labels, {}, at::Reduction::None),
                            in.t);
@@ -137,15 +132,15 @@ absl::StatusOr<TrainSummary> TrainClassifier(const ReferenceFlags& flags, const 
     auto accumulate = [&](int64_t at) {
       torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, at, 0));
       torch::manual_seed(train::StepSeed(o.seed, at, 1));
-      const Batch b = SampleBatch(*data, batch, gen, o.random_flip);
-      const Noised in = Noise(*diffusion, **sampler, b.images, o.noised, gen);
+      const Batch b = SampleBatch(data, batch, gen, o.random_flip);
+      const Noised in = Noise(diffusion, *sampler, b.images, o.noised, gen);
       if (o.anneal_lr) optimizer.set_lr(o.lr * (1 - static_cast<double>(at) / o.iterations));
       for (int64_t i = 0; i < batch; i += micro) {
         const int64_t n = std::min(micro, batch - i);
         const torch::Tensor t = in.t.narrow(0, i, n);
         const torch::Tensor labels = b.labels.narrow(0, i, n);
         const torch::Tensor logits =
-            model->forward(in.x.narrow(0, i, n), diffusion->ModelTimesteps(t));
+            model->forward(in.x.narrow(0, i, n), diffusion.ModelTimesteps(t));
         const torch::Tensor loss =
             torch::cross_entropy_loss(logits, labels, {}, at::Reduction::None);
         log.AddPerTimestep("loss", loss, t);

@@ -14,6 +14,7 @@
 #include "core/train/optim.h"
 #include "core/train/train_common.h"
 #include "core/train/trainer.h"
+#include "core/status_macros.h"
 
 namespace gd {
 namespace {
@@ -64,22 +65,18 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
           "--use_fp16 training is not supported: gd-train trains in float32 (serve in fp16 with "
           "gd-server --dtype fp16)");
     }
-    auto config = flags.UNet();
-    if (!config.ok()) return config.status();
-    auto diffusion = GaussianDiffusion::Create(flags.Diffusion(), "");
-    if (!diffusion.ok()) return diffusion.status();
-    auto data = LoadDataset(o.data, "train");
-    if (!data.ok()) return data.status();
-    const bool class_cond = config->num_classes > 0;
-    if (auto s = CheckData(*data, *config, class_cond, o.data); !s.ok()) return s;
-    auto sampler = CreateScheduleSampler(o.schedule_sampler, diffusion->num_timesteps());
-    if (!sampler.ok()) return sampler.status();
-    auto* loss_aware = dynamic_cast<LossSecondMomentResampler*>(sampler->get());
+    ASSIGN_OR_RETURN(auto config, flags.UNet());
+    ASSIGN_OR_RETURN(auto diffusion, GaussianDiffusion::Create(flags.Diffusion(), ""));
+    ASSIGN_OR_RETURN(auto data, LoadDataset(o.data, "train"));
+    const bool class_cond = config.num_classes > 0;
+    RETURN_IF_ERROR(CheckData(data, config, class_cond, o.data));
+    ASSIGN_OR_RETURN(auto sampler,
+                     CreateScheduleSampler(o.schedule_sampler, diffusion.num_timesteps()));
+    auto* loss_aware = dynamic_cast<LossSecondMomentResampler*>(sampler.get());
 
     torch::manual_seed(o.seed);
-    auto created = CreateUNet(*config);
-    if (!created.ok()) return created.status();
-    UNetModel model = *created;
+    ASSIGN_OR_RETURN(auto created, CreateUNet(config));
+    UNetModel model = created;
     model->train();
     const auto params = NamedParameters(*model);
     AdamW optimizer(params, {o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
@@ -87,14 +84,12 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
     for (double rate : o.ema_rates) emas.emplace_back(rate, params);
 
     int64_t step = 0;
-    auto resume = train::ResolveResume(o.resume_checkpoint, o.out);
-    if (!resume.ok()) return resume.status();
-    if (!resume->empty()) {
-      step = *train::StepFromPath(*resume);
-      auto weights = ReadCheckpoint(*resume);
-      if (!weights.ok()) return weights.status();
-      if (auto s = LoadStateDict(*model, *weights, "diffusion model", *resume); !s.ok()) return s;
-      const std::string dir = fs::path(*resume).parent_path().string();
+    ASSIGN_OR_RETURN(auto resume, train::ResolveResume(o.resume_checkpoint, o.out));
+    if (!resume.empty()) {
+      step = *train::StepFromPath(resume);
+      ASSIGN_OR_RETURN(auto weights, ReadCheckpoint(resume));
+      RETURN_IF_ERROR(LoadStateDict(*model, weights, "diffusion model", resume));
+      const std::string dir = fs::path(resume).parent_path().string();
       for (auto& ema : emas) {
         const std::string path = train::CheckpointPath(dir, EmaPrefix(ema.rate()), step);
         if (!fs::exists(path)) {
@@ -102,23 +97,21 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
           ema = Ema(ema.rate(), NamedParameters(*model));
           continue;
         }
-        auto state = ReadCheckpoint(path);
-        if (!state.ok()) return state.status();
-        if (auto s = ema.Load(*state); !s.ok()) return s;
+        ASSIGN_OR_RETURN(auto state, ReadCheckpoint(path));
+        RETURN_IF_ERROR(ema.Load(state));
       }
       const std::string opt_path = train::CheckpointPath(dir, "opt", step);
-      auto opt_state = ReadCheckpoint(opt_path);
-      if (!opt_state.ok()) return opt_state.status();
-      if (auto s = optimizer.LoadState(*opt_state); !s.ok()) return s;
+      ASSIGN_OR_RETURN(auto opt_state, ReadCheckpoint(opt_path));
+      RETURN_IF_ERROR(optimizer.LoadState(opt_state));
       if (loss_aware != nullptr) {
         torch::Tensor history, counts;
-        for (const auto& [k, v] : *opt_state) {
+        for (const auto& [k, v] : opt_state) {
           if (k == "sampler.history") history = v;
           if (k == "sampler.counts") counts = v;
         }
         if (history.defined() && counts.defined()) loss_aware->Restore(history, counts);
       }
-      std::cerr << "[diffusion] resumed from " << *resume << " at step " << step << std::endl;
+      std::cerr << "[diffusion] resumed from " << resume << " at step " << step << std::endl;
     }
 
     int64_t end = o.lr_anneal_steps > 0 ? o.lr_anneal_steps : 0;
@@ -127,20 +120,20 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
     fs::create_directories(o.out, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create --out ", o.out));
     train::MetricsLog log((fs::path(o.out) / "metrics.jsonl").string(), "diffusion",
-                          diffusion->num_timesteps(), end, step);
+                          diffusion.num_timesteps(), end, step);
     const std::string model_flags = flags.ToFlagString(/*reference_only=*/true);
-    std::cerr << "[diffusion] " << CountParameters(*model) << " parameters, " << data->description
+    std::cerr << "[diffusion] " << CountParameters(*model) << " parameters, " << data.description
               << ", flags: " << model_flags << std::endl;
 
     auto save = [&](int64_t at) -> absl::StatusOr<std::string> {
       const std::map<std::string, std::string> meta = {
           {"step", std::to_string(at)}, {"kind", "diffusion"}, {"model_flags", model_flags}};
       const std::string model_path = train::CheckpointPath(o.out, "model", at);
-      if (auto s = train::SaveState(model_path, ModuleStateDict(*model), meta); !s.ok()) return s;
+      RETURN_IF_ERROR(train::SaveState(model_path, ModuleStateDict(*model), meta));
       std::string served = model_path;
       for (size_t i = 0; i < emas.size(); ++i) {
         const std::string path = train::CheckpointPath(o.out, EmaPrefix(emas[i].rate()), at);
-        if (auto s = train::SaveState(path, emas[i].weights(), meta); !s.ok()) return s;
+        RETURN_IF_ERROR(train::SaveState(path, emas[i].weights(), meta));
         if (i == 0) served = path;
       }
       StateDict opt_state = optimizer.State();
@@ -158,8 +151,8 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
       spec.description = absl::StrCat("trained by gd-train to step ", at, " on ", o.data);
       spec.model_flags = model_flags;
       spec.model_path = served;
-      spec.class_names = class_cond ? data->class_names : std::vector<std::string>{};
-      if (auto s = WriteModelDir(o.out, spec); !s.ok()) return s;
+      spec.class_names = class_cond ? data.class_names : std::vector<std::string>{};
+      RETURN_IF_ERROR(WriteModelDir(o.out, spec));
       train::PruneCheckpoints(o.out, o.keep_checkpoints);
       return served;
     };
@@ -169,7 +162,7 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
     auto accumulate = [&](int64_t at) {
       torch::Generator gen = MakeGenerator(train::StepSeed(o.seed, at, 0));
       torch::manual_seed(train::StepSeed(o.seed, at, 1));  // dropout
-      const Batch b = SampleBatch(*data, batch, gen, o.random_flip);
+      const Batch b = SampleBatch(data, batch, gen, o.random_flip);
       if (o.lr_anneal_steps > 0) {
         optimizer.set_lr(o.lr * (1 - static_cast<double>(at) / o.lr_anneal_steps));
       }
@@ -177,12 +170,12 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
         const int64_t n = std::min(micro, batch - i);
         const torch::Tensor x = b.images.narrow(0, i, n);
         const torch::Tensor y = b.labels.narrow(0, i, n);
-        const TimestepDraw draw = (*sampler)->Sample(n, gen);
+        const TimestepDraw draw = (sampler)->Sample(n, gen);
         const torch::Tensor noise = torch::randn(x.sizes(), gen);
         ModelFn fn = [&](const torch::Tensor& xt, const torch::Tensor& t) {
           return model->forward(xt, t, class_cond ? y : torch::Tensor());
         };
-        const LossTerms terms = TrainingLosses(*diffusion, fn, x, draw.timesteps, noise);
+        const LossTerms terms = TrainingLosses(diffusion, fn, x, draw.timesteps, noise);
         if (loss_aware != nullptr) {
           const torch::Tensor ts = draw.timesteps.contiguous();
           const torch::Tensor ls = terms.loss.detach().to(torch::kFloat64).contiguous();

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/train/trainer.h"
+#include "core/status_macros.h"
 
 namespace gd {
 
@@ -102,7 +103,7 @@ absl::StatusOr<TrainOptions> TrainOptionsFromFlags(TrainKind kind, const Referen
            {"batch_size", o.batch_size},
            {"log_interval", o.log_interval},
            {"save_interval", o.save_interval}}) {
-    if (auto s = positive(name, v); !s.ok()) return s;
+    RETURN_IF_ERROR(positive(name, v));
   }
   if (o.microbatch == 0 || o.microbatch < -1) {
     return absl::InvalidArgumentError(

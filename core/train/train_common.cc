@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/diffusion/sampling.h"
+#include "core/status_macros.h"
 
 namespace gd::train {
 namespace {
@@ -111,7 +112,7 @@ absl::StatusOr<std::string> SaveModelAndOptimizer(
     const std::string& out, int64_t step, const torch::nn::Module& model, const AdamW& optimizer,
     const std::map<std::string, std::string>& metadata, int64_t keep) {
   const std::string path = CheckpointPath(out, "model", step);
-  if (auto s = SaveState(path, ModuleStateDict(model), metadata); !s.ok()) return s;
+  RETURN_IF_ERROR(SaveState(path, ModuleStateDict(model), metadata));
   if (auto s = SaveState(CheckpointPath(out, "opt", step), optimizer.State(), metadata); !s.ok()) {
     return s;
   }
@@ -127,13 +128,12 @@ absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
     return absl::InvalidArgumentError(
         absl::StrCat(model_path, " is not named model_NNNNNN.safetensors"));
   }
-  auto weights = ReadCheckpoint(model_path);
-  if (!weights.ok()) return weights.status();
-  if (auto s = LoadStateDict(model, *weights, what, model_path); !s.ok()) return s;
+  ASSIGN_OR_RETURN(auto weights, ReadCheckpoint(model_path));
+  RETURN_IF_ERROR(LoadStateDict(model, weights, what, model_path));
   auto opt_state =
       ReadCheckpoint(CheckpointPath(fs::path(model_path).parent_path().string(), "opt", *step));
   if (!opt_state.ok()) return opt_state.status();
-  if (auto s = optimizer.LoadState(*opt_state); !s.ok()) return s;
+  RETURN_IF_ERROR(optimizer.LoadState(*opt_state));
   return *step;
 }
 
@@ -201,9 +201,8 @@ absl::StatusOr<TrainSummary> RunTrainingLoop(
   int64_t step = start_step;
   int64_t last_saved = -1;
   auto save_now = [&]() -> absl::Status {
-    auto path = save(step);
-    if (!path.ok()) return path.status();
-    summary.last_checkpoint = *path;
+    ASSIGN_OR_RETURN(auto path, save(step));
+    summary.last_checkpoint = path;
     last_saved = step;
     return absl::OkStatus();
   };
@@ -219,11 +218,11 @@ absl::StatusOr<TrainSummary> RunTrainingLoop(
       summary.last_loss = log.Flush(step, step * options.batch_size);
     }
     if (step % options.save_interval == 0) {
-      if (auto s = save_now(); !s.ok()) return s;
+      RETURN_IF_ERROR(save_now());
     }
   }
   if (last_saved != step) {
-    if (auto s = save_now(); !s.ok()) return s;
+    RETURN_IF_ERROR(save_now());
   }
   summary.end_step = step;
   summary.seconds =

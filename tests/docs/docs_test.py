@@ -24,7 +24,7 @@ def main():
             failures.append(f"--{name} ({where}) is not in docs/flags.md")
 
     for source in ("server/server_main.cc", "client/gd_main.cc", "bench/gd_bench.cc",
-                   "eval/gd_eval_main.cc"):
+                   "eval/gd_eval_main.cc", "tests/load/gd_load.cc"):
         text = (root / source).read_text()
         need(re.findall(r"ABSL_FLAG\(\s*[^,]+,\s*([a-z0-9_]+)\s*,", text), source)
     reference = (root / "core/nn/config.cc").read_text()

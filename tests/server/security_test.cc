@@ -231,7 +231,7 @@ TEST_F(SecurityTest, LimitsRefuseWithTheLimitNamed) {
   EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(second.status().message().find("max_concurrent_streams = 1"), std::string::npos);
   first->Cancel();
-  first->Finish();
+  EXPECT_EQ(first->Finish().code(), absl::StatusCode::kCancelled);
   // The slot is given back when the first stream ends.
   absl::Status again;
   for (int i = 0; i < 50; ++i) {
@@ -240,6 +240,30 @@ TEST_F(SecurityTest, LimitsRefuseWithTheLimitNamed) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(again.ok()) << again;
+}
+
+// A call that runs past its deadline is counted as DEADLINE_EXCEEDED, as its caller saw it, not
+// as CANCELLED.
+TEST_F(SecurityTest, DeadlinesAreCountedAsDeadlineExceeded) {
+  Served served(grpc::InsecureServerCredentials(), {});
+  client::ClientOptions c;
+  c.target = served.address();
+  c.timeout_ms = 300;
+  auto client = Client(c);
+  v1::SampleRequest slow = Quick();
+  slow.set_timestep_respacing("500");
+  EXPECT_EQ(client->Sample(slow).status().code(), absl::StatusCode::kDeadlineExceeded);
+  const std::string needle =
+      "gd_requests_total{model=\"parity\",method=\"Sample\",sampler=\"ddpm\","
+      "code=\"DEADLINE_EXCEEDED\"} 1";
+  std::string metrics;
+  for (int i = 0; i < 100; ++i) {  // the record is written when the engine lets go of the job
+    metrics = served.metrics().Render();
+    if (metrics.find(needle) != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(metrics.find(needle), std::string::npos) << metrics.substr(0, 2000);
+  EXPECT_EQ(metrics.find("code=\"CANCELLED\""), std::string::npos);
 }
 
 TEST_F(SecurityTest, MetricsEndpointExposesRequestsQueueAndLatency) {

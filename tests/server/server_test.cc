@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,10 +20,12 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "client/gd_client.h"
 #include "core/io/image.h"
 #include "core/io/npy.h"
 #include "core/nn/model_bundle.h"
+#include "server/codec.h"
 #include "server/model_registry.h"
 #include "server/sampler_service.h"
 #include "tests/testing/testing.h"
@@ -324,6 +327,45 @@ TEST_F(ServerTest, EveryValidationErrorIsInvalidArgumentNamingTheField) {
   EXPECT_TRUE(client_->Health().ok());
 }
 
+// What a hostile caller sends: each is refused up front with a caller's status (never INTERNAL)
+// and a message that names the field without echoing the caller's megabytes.
+TEST_F(ServerTest, HostileInputIsRefusedUpFrontWithShortMessages) {
+  EngineOptions options;
+  options.max_classifier_scale = 100;  // gd-server's default
+  Start(options);
+  auto refused = [&](const v1::SampleRequest& request, absl::StatusCode code,
+                     const std::string& needle) {
+    auto response = client_->Sample(request);
+    ASSERT_FALSE(response.ok()) << needle;
+    EXPECT_EQ(response.status().code(), code) << response.status().ToString().substr(0, 300);
+    EXPECT_NE(response.status().message().find(needle), std::string::npos)
+        << response.status().ToString().substr(0, 300);
+    EXPECT_LE(response.status().message().size(), server::kMaxStatusMessageBytes);
+  };
+  v1::SampleRequest base;
+  base.add_labels(1);
+  base.set_timestep_respacing("ddim5");
+  v1::SampleRequest r = base;
+  r.set_classifier_scale(1e30);
+  refused(r, absl::StatusCode::kInvalidArgument, "max_classifier_scale = 100");
+  r = base;
+  r.set_model(std::string(5 << 20, 'm'));
+  refused(r, absl::StatusCode::kInvalidArgument, "model");
+  r = base;
+  r.set_timestep_respacing(std::string(100 << 10, '7'));
+  refused(r, absl::StatusCode::kInvalidArgument, "timestep_respacing");
+  r = base;
+  r.mutable_noise()->add_shape(1);
+  r.mutable_noise()->set_dtype(static_cast<v1::DType>(77));
+  refused(r, absl::StatusCode::kInvalidArgument, "noise.dtype = 77");
+  EXPECT_EQ(engine_->stats().jobs_submitted, 0) << "nothing hostile reaches the queue";
+  // The bound itself is served, so callers can read it before asking.
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  EXPECT_EQ(models->models(0).max_classifier_scale(), 100);
+  EXPECT_TRUE(client_->Sample(base).ok()) << "the server carries on";
+}
+
 TEST_F(ServerTest, ConcurrentRequestsShareForwardsAndMatchSoloRuns) {
   EngineOptions options;
   options.max_batch = 16;
@@ -397,6 +439,39 @@ TEST_F(ServerTest, CancellingAStreamFreesItsSlotsAndTheServerCarriesOn) {
   EXPECT_TRUE(client_->Sample(quick).ok());
 }
 
+// A client process killed mid-stream (no goodbye, the kernel closes its socket): its images
+// leave the batch within an iteration or two and the server carries on.
+TEST_F(ServerTest, AClientKilledMidStreamFreesItsSlots) {
+  Start();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string server = address_;
+    execl(GD_CLI_PATH, GD_CLI_PATH, "stream", "--server", server.c_str(), "--labels", "1,2",
+          "--timestep_respacing", "400", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 1200 && engine_->stats().slot_steps < 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(engine_->stats().slot_steps, 4) << "the stream started";
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const int64_t iterations_at_kill = engine_->stats().iterations;
+  for (int i = 0; i < 400 && engine_->stats().active_slots > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const EngineStats stats = engine_->stats();
+  EXPECT_EQ(stats.active_slots, 0);
+  EXPECT_EQ(stats.jobs_cancelled, 1);
+  EXPECT_LE(stats.iterations - iterations_at_kill, 2) << "slots freed within an iteration or two";
+  v1::SampleRequest quick;
+  quick.add_labels(1);
+  quick.set_timestep_respacing("ddim3");
+  EXPECT_TRUE(client_->Sample(quick).ok());
+}
+
 // Regression: a cancellation racing the encoder used to leave a stream unfinished, and
 // grpc::Server::Shutdown then waited for it forever. Cancel many streams at varied points
 // (before the first event, mid-stream, while events queue) and require Shutdown to return.
@@ -448,8 +523,8 @@ TEST_F(ServerTest, AFullQueueAnswersResourceExhausted) {
   EXPECT_NE(refused.status().message().find("max_queue_images = 1"), std::string::npos);
   running->Cancel();
   queued->Cancel();
-  running->Finish();
-  queued->Finish();
+  EXPECT_EQ(running->Finish().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(queued->Finish().code(), absl::StatusCode::kCancelled);
 }
 
 TEST_F(ServerTest, ADeadlineEndsTheCall) {
@@ -589,9 +664,10 @@ int FreePort() {
   return port;
 }
 
-// Starts gd-server with `args` on a free port, waits for SERVING, runs `body`, then SIGTERM.
-void WithServer(const std::vector<std::string>& args,
-                const std::function<void(client::SamplerClient&)>& body) {
+// Starts gd-server with `args` on a free port, waits for SERVING, runs `body` with a client and
+// the server's pid, then SIGTERM; the server must exit 0.
+void WithServerProcess(const std::vector<std::string>& args,
+                       const std::function<void(client::SamplerClient&, pid_t)>& body) {
   const int port = FreePort();
   ASSERT_GT(port, 0);
   std::vector<std::string> argv = {GD_SERVER_PATH, "--host", "127.0.0.1", "--port",
@@ -617,11 +693,20 @@ void WithServer(const std::vector<std::string>& args,
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(health, "SERVING");
-  if (health == "SERVING") body(**c);
+  if (health == "SERVING") body(**c, pid);
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+void WithServer(const std::vector<std::string>& args,
+                const std::function<void(client::SamplerClient&)>& body) {
+  WithServerProcess(args, [&](client::SamplerClient& c, pid_t) { body(c); });
+}
+
+bool HasBundledModel() {
+  return fs::exists(testing::SourceDir() + "/models/fashion-mnist/model.json");
 }
 
 TEST(ServerBinary, ServesUntilSigtermThenDrainsAndExitsZero) {
@@ -717,6 +802,72 @@ TEST(ServerBinary, AgedConnectionsLetCallsInFlightFinishAndReconnect) {
     }
     EXPECT_TRUE(c.Sample(request).ok()) << "the channel reconnects after the server's GOAWAY";
   });
+}
+
+// SIGTERM while streams run: they finish within the drain time, nothing new is accepted, and the
+// process exits 0 (WithServerProcess checks the exit).
+TEST(ServerBinary, SigtermLetsStreamsInFlightFinishAndRefusesNewOnes) {
+  if (!HasBundledModel()) GTEST_SKIP() << "no bundled model in models/fashion-mnist";
+  WithServerProcess({"--drain_timeout_s", "60"}, [](client::SamplerClient& c, pid_t pid) {
+    v1::SampleRequest request;
+    request.add_labels(3);
+    request.set_sampler(v1::SAMPLER_KIND_DDIM);
+    request.set_timestep_respacing("ddim50");
+    std::atomic<int> started{0};
+    std::vector<std::future<absl::Status>> streams;
+    for (int i = 0; i < 3; ++i) {
+      streams.push_back(std::async(std::launch::async, [&, i] {
+        v1::SampleRequest mine = request;
+        mine.set_seed(i);
+        bool counted = false;
+        return c.StreamSample(mine, [&](const v1::SampleEvent& e) {
+          if (e.has_step() && !counted) counted = (++started, true);
+          return true;
+        }).status();
+      }));
+    }
+    for (int i = 0; i < 600 && started < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_EQ(started, 3);
+    ASSERT_EQ(kill(pid, SIGTERM), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto refused = c.Sample(request);
+    EXPECT_FALSE(refused.ok()) << "a request after SIGTERM is not accepted";
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+    for (auto& stream : streams) EXPECT_TRUE(stream.get().ok()) << "streams in flight finish";
+  });
+}
+
+// A checkpoint that is truncated, corrupt or made for other flags: a clear error naming the file
+// and a non-zero exit, never a crash.
+TEST(ServerBinary, BadCheckpointsFailAtStartWithAMessage) {
+  if (!HasBundledModel()) GTEST_SKIP() << "no bundled model in models/fashion-mnist";
+  const std::string model_dir = testing::SourceDir() + "/models/fashion-mnist";
+  auto spec = ReadModelDir(model_dir);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const std::string dir = testing::TempDir("bad-checkpoints");
+  std::ifstream in(spec->model_path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), 4096u);
+  std::ofstream(dir + "/truncated.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  std::string corrupt = bytes;
+  for (size_t i = 8; i < 64; ++i) corrupt[i] = '\xff';  // inside the JSON header
+  std::ofstream(dir + "/corrupt.safetensors", std::ios::binary) << corrupt;
+  const std::string wider = absl::StrReplaceAll(spec->model_flags, {{"--num_channels 32 ", "--num_channels 64 "}});
+  ASSERT_NE(wider, spec->model_flags);
+  struct Case {
+    std::string path, flags, needle;
+  };
+  for (const Case& c : {Case{dir + "/truncated.safetensors", spec->model_flags, "truncated"},
+                        Case{dir + "/corrupt.safetensors", spec->model_flags, "corrupt"},
+                        Case{spec->model_path, wider, "shape"}}) {
+    std::string output;
+    const int code = RunCommand(absl::StrCat(GD_SERVER_PATH, " --port 0 --metrics_port 0 --model_path ",
+                                             c.path, " --model_flags '", c.flags, "'"),
+                                &output);
+    EXPECT_EQ(code, 1) << c.needle << ": " << output;
+    EXPECT_NE(output.find(c.path), std::string::npos) << c.needle << ": " << output;
+  }
+  fs::remove_all(dir);
 }
 
 TEST(ServerBinary, BadFlagsFailWithAMessage) {

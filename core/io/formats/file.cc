@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/io/formats/formats.h"
 #include "core/io/formats/output_file.h"
+#include "core/status_macros.h"
 
 namespace gd::formats {
 namespace internal {
@@ -98,10 +99,9 @@ absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
 }
 
 absl::Status WriteFileBytes(const std::string& path, absl::string_view bytes) {
-  absl::StatusOr<internal::OutputFile> file = internal::OutputFile::Create(path);
-  if (!file.ok()) return file.status();
-  absl::Status status = file->Write(bytes);
-  if (status.ok()) status = file->Close();
+  ASSIGN_OR_RETURN(auto file, internal::OutputFile::Create(path));
+  absl::Status status = file.Write(bytes);
+  if (status.ok()) status = file.Close();
   return status;
 }
 

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace gd::formats {
 namespace {
@@ -242,7 +243,7 @@ absl::StatusOr<std::string> EncodeGif(const std::vector<Image>& frames, int dela
   if (frames.empty()) return absl::InvalidArgumentError("a GIF needs at least one frame");
   GifWriter writer(frames[0].width, frames[0].height, loop_count);
   for (const Image& frame : frames) {
-    if (absl::Status status = writer.AddFrame(frame, delay_cs); !status.ok()) return status;
+    RETURN_IF_ERROR(writer.AddFrame(frame, delay_cs));
   }
   return writer.Finish();
 }

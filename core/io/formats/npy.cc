@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "core/io/formats/formats.h"
 #include "core/io/formats/internal.h"
+#include "core/status_macros.h"
 
 namespace gd::formats {
 namespace {
@@ -332,21 +333,20 @@ int64_t Array::numel() const { return ElementCount(shape); }
 int64_t NpyArray::numel() const { return ElementCount(shape); }
 
 absl::StatusOr<NpyArray> ParseNpyArray(absl::string_view bytes, absl::string_view what) {
-  absl::StatusOr<NpyHeader> header = ParseNpyHeader(bytes, what);
-  if (!header.ok()) return header.status();
-  const int64_t elements = ElementCount(header->shape);
-  const size_t available = bytes.size() - header->data_offset;
-  if (static_cast<uint64_t>(elements) > available / header->type.item_size) {
+  ASSIGN_OR_RETURN(auto header, ParseNpyHeader(bytes, what));
+  const int64_t elements = ElementCount(header.shape);
+  const size_t available = bytes.size() - header.data_offset;
+  if (static_cast<uint64_t>(elements) > available / header.type.item_size) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": truncated .npy data: shape ", ShapeText(header->shape), " of ",
-                     header->type.item_size, "-byte items needs ", static_cast<uint64_t>(elements),
+        absl::StrCat(what, ": truncated .npy data: shape ", ShapeText(header.shape), " of ",
+                     header.type.item_size, "-byte items needs ", static_cast<uint64_t>(elements),
                      " items but only ", available, " bytes follow the header"));
   }
   try {
-    return DecodeNpyData(*header, bytes.substr(header->data_offset), elements);
+    return DecodeNpyData(header, bytes.substr(header.data_offset), elements);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        what, ": out of memory for ", elements, " items of ", header->type.item_size, " bytes"));
+        what, ": out of memory for ", elements, " items of ", header.type.item_size, " bytes"));
   }
 }
 
@@ -362,9 +362,8 @@ absl::StatusOr<Array> internal::ArrayFromNpy(NpyArray npy, absl::string_view wha
 }
 
 absl::StatusOr<Array> ParseNpy(absl::string_view bytes, absl::string_view what) {
-  absl::StatusOr<NpyArray> parsed = ParseNpyArray(bytes, what);
-  if (!parsed.ok()) return parsed.status();
-  return internal::ArrayFromNpy(*std::move(parsed), what);
+  ASSIGN_OR_RETURN(auto parsed, ParseNpyArray(bytes, what));
+  return internal::ArrayFromNpy(std::move(parsed), what);
 }
 
 std::string SerializeNpy(NpyType type, const std::vector<int64_t>& shape, absl::string_view data) {

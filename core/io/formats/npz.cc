@@ -9,6 +9,7 @@
 #include "core/io/formats/internal.h"
 #include "core/io/formats/output_file.h"
 #include "core/io/formats/zip.h"
+#include "core/status_macros.h"
 
 namespace gd::formats {
 namespace {
@@ -47,11 +48,10 @@ std::vector<std::string> NamesOf(const std::vector<std::pair<std::string, Array>
 absl::Status VisitNpz(
     absl::string_view bytes, absl::string_view what,
     const std::function<absl::Status(const std::string& name, NpyArray array)>& visit) {
-  absl::StatusOr<internal::ZipReader> zip = internal::ZipReader::Open(bytes, what);
-  if (!zip.ok()) return zip.status();
+  ASSIGN_OR_RETURN(auto zip, internal::ZipReader::Open(bytes, what));
   // Member names are unique: the reader refuses archives that repeat one.
-  for (size_t i = 0; i < zip->members().size(); ++i) {
-    const std::string& member_name = zip->members()[i].name;
+  for (size_t i = 0; i < zip.members().size(); ++i) {
+    const std::string& member_name = zip.members()[i].name;
     const std::string member_what = absl::StrCat(what, ":", member_name);
     auto bad = [&](absl::string_view why) {
       return absl::InvalidArgumentError(absl::StrCat(member_what, ": ", why));
@@ -62,9 +62,8 @@ absl::Status VisitNpz(
     const std::string name = member_name.substr(0, member_name.size() - 4);
     absl::StatusOr<NpyArray> array;
     {
-      absl::StatusOr<std::string> npy = zip->Read(i, member_what);
-      if (!npy.ok()) return npy.status();
-      array = ParseNpyArray(*npy, member_what);
+      ASSIGN_OR_RETURN(auto npy, zip.Read(i, member_what));
+      array = ParseNpyArray(npy, member_what);
     }  // the member's bytes are freed before the visitor converts the array
     if (!array.ok()) return array.status();
     absl::Status status = visit(name, *std::move(array));
@@ -108,9 +107,8 @@ std::string SerializeNpz(const std::vector<std::pair<std::string, Array>>& array
 
 absl::Status WriteNpz(const std::string& path, const std::vector<std::string>& names,
                       const std::function<absl::StatusOr<std::string>(size_t index)>& npy_bytes) {
-  if (absl::Status status = CheckNpzNames(names, path); !status.ok()) return status;
-  absl::StatusOr<internal::OutputFile> file = internal::OutputFile::Create(path);
-  if (!file.ok()) return file.status();
+  RETURN_IF_ERROR(CheckNpzNames(names, path));
+  ASSIGN_OR_RETURN(auto file, internal::OutputFile::Create(path));
   internal::StoredZipWriter zip(path);
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string member_name = absl::StrCat(names[i], ".npy");
@@ -119,16 +117,14 @@ absl::Status WriteNpz(const std::string& path, const std::vector<std::string>& n
       return absl::Status(npy.status().code(),
                           absl::StrCat(path, ":", member_name, ": ", npy.status().message()));
     }
-    absl::StatusOr<std::string> header = zip.LocalHeader(member_name, *npy);
-    if (!header.ok()) return header.status();
-    absl::Status status = file->Write(*header);
-    if (status.ok()) status = file->Write(*npy);
+    ASSIGN_OR_RETURN(auto header, zip.LocalHeader(member_name, *npy));
+    absl::Status status = file.Write(header);
+    if (status.ok()) status = file.Write(*npy);
     if (!status.ok()) return status;
   }
-  absl::StatusOr<std::string> end = zip.Finish();
-  if (!end.ok()) return end.status();
-  absl::Status status = file->Write(*end);
-  if (status.ok()) status = file->Close();
+  ASSIGN_OR_RETURN(auto end, zip.Finish());
+  absl::Status status = file.Write(end);
+  if (status.ok()) status = file.Close();
   return status;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/formats/internal.h"
+#include "core/status_macros.h"
 
 namespace gd::formats::internal {
 namespace {
@@ -140,7 +141,7 @@ absl::StatusOr<ZipReader> ZipReader::Open(absl::string_view archive, absl::strin
         (stat.valid & kNeededStats) != kNeededStats) {
       return bad(absl::StrCat("directory entry ", i, ": ", Describe(zip_get_error(handle.get()))));
     }
-    if (absl::Status status = CheckMember(stat, what); !status.ok()) return status;
+    RETURN_IF_ERROR(CheckMember(stat, what));
     members.push_back({stat.name, stat.comp_method, stat.comp_size, stat.size});
   }
   return ZipReader(std::move(handle), std::move(members));
