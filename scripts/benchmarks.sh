@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/benchmarks.md on this machine: the full gd-bench run (engine and
 # gRPC, concurrency 1..32 and batch requests 1..64), then the comparisons that chose the engine's
-# defaults (max_batch at 64 concurrent requests; oneDNN, channels-last, guidance cost at 32).
+# defaults (max_batch at 64 concurrent requests; oneDNN, channels-last, guidance cost at 32) and
+# the samplers' (DPM-Solver++ 15 steps against DDIM 50).
 # Results land in $OUT (default bench-results/) as JSON and Markdown, one pair per run.
 #
 #   scripts/benchmarks.sh [--seconds N] [extra gd-bench flags, e.g. --device cuda --dtype fp16]
@@ -32,4 +33,9 @@ done
 run mkldnn_off --mkldnn=false --concurrency 32 --batches "" --grpc=false "$@"
 run channels_last --channels_last --concurrency 32 --batches "" --grpc=false "$@"
 run unguided --classifier_scale 0 --concurrency 32 --batches "" --grpc=false "$@"
+# DPM-Solver++ 15 steps against DDIM 50, guided at scale 3 (the sampler comparison).
+run sampler_ddim50 --sampler ddim --timestep_respacing ddim50 --classifier_scale 3 \
+  --concurrency 1,32 --batches "" --grpc=false "$@"
+run sampler_dpm15 --sampler dpm++ --steps 15 --classifier_scale 3 --concurrency 1,32 \
+  --batches "" --grpc=false "$@"
 echo "results in $OUT/"
