@@ -262,12 +262,85 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
 }
 
+// Call, retrying a full queue with jittered exponential backoff (50-100 ms doubling to 1-2 s):
+// the server asks callers to come back later. Counts the retries in `refusals`.
+absl::StatusOr<v1::SampleResponse> CallWithRetries(gd::client::SamplerClient& client,
+                                                   gd::client::SamplerClient& hasty,
+                                                   const Planned& p, int index,
+                                                   std::atomic<int>& refusals) {
+  auto answer = Call(client, hasty, p);
+  std::mt19937_64 jitter(index);
+  for (int retry = 0; retry < absl::GetFlag(FLAGS_max_retries) &&
+                      answer.status().code() == absl::StatusCode::kResourceExhausted;
+       ++retry) {
+    const int cap_ms = std::min(2000, 100 << std::min(retry, 5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(
+        std::uniform_int_distribution<int>(cap_ms / 2, cap_ms)(jitter)));
+    ++refusals;
+    answer = Call(client, hasty, p);
+  }
+  return answer;
+}
+
+// The run's record of answers, shared by the callers.
+class Recorder {
+ public:
+  explicit Recorder(const v1::ModelInfo& model) : model_(model) {}
+
+  // Counts request `index`'s final status and checks its answer: the allowed statuses, the
+  // answer's content, and the same images as an earlier answer to the same spec.
+  void Add(int index, const Planned& p, const absl::StatusOr<v1::SampleResponse>& answer,
+           double seconds) {
+    std::vector<float> values;
+    std::string broken;
+    if (answer.ok()) broken = CheckAnswer(p.request, *answer, model_, &values);
+    std::lock_guard<std::mutex> lock(mu_);
+    const absl::StatusCode code = answer.status().code();
+    ++f_.statuses[absl::StatusCodeToString(code)];
+    if (!answer.ok()) {
+      if (code != absl::StatusCode::kCancelled && code != absl::StatusCode::kDeadlineExceeded &&
+          code != absl::StatusCode::kResourceExhausted) {
+        f_.failures.push_back(absl::StrCat("request ", index, ": ", answer.status().ToString()));
+      }
+      return;
+    }
+    if (!broken.empty()) return f_.failures.push_back(absl::StrCat("request ", index, ": ", broken));
+    f_.latencies.push_back(seconds);
+    f_.images += static_cast<int64_t>(answer->labels_size());
+    auto [first, fresh] = first_answer_.try_emplace(p.spec, values);
+    if (!fresh) Compare(index, p, values, first->second);
+  }
+
+  RunFigures Take() { return std::move(f_); }
+
+ private:
+  void Compare(int index, const Planned& p, const std::vector<float>& values,
+               const std::vector<float>& first) {
+    double difference = 0;
+    for (size_t k = 0; k < values.size(); ++k) {
+      difference = std::max<double>(difference, std::abs(values[k] - first[k]));
+    }
+    ++f_.compared;
+    if (difference > f_.max_difference) {
+      f_.max_difference = difference;
+      f_.max_difference_request = Describe(p.request);
+    }
+    if (difference > kReproducibility) {
+      f_.failures.push_back(absl::StrCat("request ", index, " differs from the same request by ",
+                                         difference, " > ", kReproducibility));
+    }
+  }
+
+  const v1::ModelInfo& model_;
+  std::mutex mu_;
+  RunFigures f_;
+  std::map<int, std::vector<float>> first_answer_;  // by spec
+};
+
 RunFigures RunOnce(gd::client::SamplerClient& client, gd::client::SamplerClient& hasty,
                    const v1::ModelInfo& model) {
-  RunFigures f;
-  std::mutex mu;
-  std::map<int, std::vector<float>> first_answer;  // by spec
-  std::atomic<int> next{0};
+  Recorder recorder(model);
+  std::atomic<int> next{0}, refusals{0};
   const int total = absl::GetFlag(FLAGS_requests);
   RssSampler rss;
   const auto start = Clock::now();
@@ -277,62 +350,16 @@ RunFigures RunOnce(gd::client::SamplerClient& client, gd::client::SamplerClient&
       for (int i = next++; i < total; i = next++) {
         const Planned p = Plan(i, model);
         const auto began = Clock::now();
-        auto answer = Call(client, hasty, p);
-        // A full queue is the server asking callers to come back later: back off and retry.
-        std::mt19937_64 jitter(i);
-        for (int retry = 0; retry < absl::GetFlag(FLAGS_max_retries) &&
-                            answer.status().code() == absl::StatusCode::kResourceExhausted;
-             ++retry) {
-          const int cap_ms = std::min(2000, 100 << std::min(retry, 5));
-          std::this_thread::sleep_for(std::chrono::milliseconds(
-              std::uniform_int_distribution<int>(cap_ms / 2, cap_ms)(jitter)));
-          {
-            std::lock_guard<std::mutex> lock(mu);
-            ++f.refusals;
-          }
-          answer = Call(client, hasty, p);
-        }
-        const double seconds = std::chrono::duration<double>(Clock::now() - began).count();
-        std::vector<float> values;
-        std::string broken;
-        if (answer.ok()) broken = CheckAnswer(p.request, *answer, model, &values);
-        std::lock_guard<std::mutex> lock(mu);
-        ++f.statuses[absl::StatusCodeToString(answer.status().code())];
-        if (!answer.ok()) {
-          const absl::StatusCode code = answer.status().code();
-          if (code != absl::StatusCode::kCancelled && code != absl::StatusCode::kDeadlineExceeded &&
-              code != absl::StatusCode::kResourceExhausted) {
-            f.failures.push_back(absl::StrCat("request ", i, ": ", answer.status().ToString()));
-          }
-          continue;
-        }
-        if (!broken.empty()) {
-          f.failures.push_back(absl::StrCat("request ", i, ": ", broken));
-          continue;
-        }
-        f.latencies.push_back(seconds);
-        f.images += static_cast<int64_t>(answer->labels_size());
-        auto [it, fresh] = first_answer.try_emplace(p.spec, values);
-        if (fresh) continue;
-        double difference = 0;
-        for (size_t k = 0; k < values.size(); ++k) {
-          difference = std::max<double>(difference, std::abs(values[k] - it->second[k]));
-        }
-        ++f.compared;
-        if (difference > f.max_difference) {
-          f.max_difference = difference;
-          f.max_difference_request = Describe(p.request);
-        }
-        if (difference > kReproducibility) {
-          f.failures.push_back(absl::StrCat("request ", i, " differs from the same request by ",
-                                            difference, " > ", kReproducibility));
-        }
+        auto answer = CallWithRetries(client, hasty, p, i, refusals);
+        recorder.Add(i, p, answer, std::chrono::duration<double>(Clock::now() - began).count());
       }
     });
   }
   for (auto& t : callers) t.join();
+  RunFigures f = recorder.Take();
   f.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   f.rss_max = rss.max();
+  f.refusals = refusals;
   return f;
 }
 
