@@ -1,6 +1,7 @@
 #include "server/codec.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -54,12 +55,16 @@ absl::StatusOr<torch::Tensor> TensorFromProto(const v1::Tensor& tensor, const st
           " is not allowed (DTYPE_FLOAT32, DTYPE_FLOAT16 or DTYPE_UINT8)"));
   }
   std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-  int64_t numel = 1;
+  // Bounded with zero dimensions counted as 1: a zero-size tensor's strides are still products of
+  // its other dimensions, and [0, 2^40, 2^40] must not overflow them (found by fuzzing).
+  constexpr int64_t kMaxSpan = int64_t{1} << 40;
+  int64_t numel = 1, span = 1;
   for (int64_t d : shape) {
-    if (d < 0 || (d > 0 && numel > (int64_t{1} << 40) / d)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] is not a valid shape"));
+    if (d < 0 || span > kMaxSpan / std::max<int64_t>(d, 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shape [", absl::StrJoin(shape, ", "), "] is not a valid shape"));
     }
+    span *= std::max<int64_t>(d, 1);
     numel *= d;
   }
   const size_t bytes = static_cast<size_t>(numel) * torch::elementSize(type);

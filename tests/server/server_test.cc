@@ -358,6 +358,12 @@ TEST_F(ServerTest, HostileInputIsRefusedUpFrontWithShortMessages) {
   r.mutable_noise()->add_shape(1);
   r.mutable_noise()->set_dtype(static_cast<v1::DType>(77));
   refused(r, absl::StatusCode::kInvalidArgument, "noise.dtype = 77");
+  // Found by fuzz/sample_request_fuzzer.cc: a zero-size shape whose other dimensions overflow the
+  // strides used to throw from inside the codec, which would have ended the process.
+  r = base;
+  for (int64_t d : {int64_t{0}, int64_t{1} << 40, int64_t{1} << 40, int64_t{4}}) r.mutable_noise()->add_shape(d);
+  r.mutable_noise()->set_dtype(v1::DTYPE_FLOAT32);
+  refused(r, absl::StatusCode::kInvalidArgument, "noise.shape [0, 1099511627776");
   EXPECT_EQ(engine_->stats().jobs_submitted, 0) << "nothing hostile reaches the queue";
   // The bound itself is served, so callers can read it before asking.
   auto models = client_->ListModels();
