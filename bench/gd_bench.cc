@@ -35,6 +35,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "client/gd_client.h"
+#include "client/sampler_settings.h"
 #include "server/model_registry.h"
 #include "server/sampler_service.h"
 #endif
@@ -154,12 +155,13 @@ struct Result {
   double unet_share = 0;  // of the engine's iteration time spent in UNet forwards
 };
 
-// The sampler that --sampler and its flags ask for; exits with a usage error otherwise.
+// The sampler that --sampler names (by core's own names); exits with a usage error otherwise.
 gd::SamplerKind SamplerFlag() {
   const std::string name = absl::GetFlag(FLAGS_sampler);
-  if (name == "ddpm") return gd::SamplerKind::kDdpm;
-  if (name == "ddim") return gd::SamplerKind::kDdim;
-  if (name == "dpm++") return gd::SamplerKind::kDpmSolverPP;
+  for (gd::SamplerKind kind :
+       {gd::SamplerKind::kDdpm, gd::SamplerKind::kDdim, gd::SamplerKind::kDpmSolverPP}) {
+    if (name == gd::ToString(kind)) return kind;
+  }
   std::cerr << "gd-bench: --sampler is ddpm, ddim or dpm++, not \"" << name << "\"\n";
   std::exit(2);
 }
@@ -186,23 +188,21 @@ void SetSampler(gd::SampleJob& job) {
 }
 
 #ifdef GD_BENCH_GRPC
-// The same for a request over gRPC.
+// The same for a request over gRPC, through the gd CLI's own mapping of these flags.
 void SetSampler(guided_diffusion::v1::SampleRequest& request) {
-  namespace v1 = guided_diffusion::v1;
-  switch (SamplerFlag()) {
-    case gd::SamplerKind::kDdpm: request.set_sampler(v1::SAMPLER_KIND_DDPM); break;
-    case gd::SamplerKind::kDdim: request.set_sampler(v1::SAMPLER_KIND_DDIM); break;
-    case gd::SamplerKind::kDpmSolverPP: request.set_sampler(v1::SAMPLER_KIND_DPM_SOLVER_PP); break;
+  gd::client::SamplerSettings settings;
+  settings.sampler = gd::ToString(SamplerFlag());
+  if (SamplerFlag() == gd::SamplerKind::kDpmSolverPP) {
+    settings.steps = static_cast<uint32_t>(absl::GetFlag(FLAGS_steps));
+    settings.solver_order = static_cast<uint32_t>(absl::GetFlag(FLAGS_solver_order));
+    settings.skip_type = gd::ToString(SkipTypeFlag());
+  } else {
+    settings.timestep_respacing = absl::GetFlag(FLAGS_timestep_respacing);
   }
-  if (SamplerFlag() != gd::SamplerKind::kDpmSolverPP) {
-    request.set_timestep_respacing(absl::GetFlag(FLAGS_timestep_respacing));
-    return;
+  if (absl::Status status = gd::client::ApplySamplerSettings(settings, request); !status.ok()) {
+    std::cerr << "gd-bench: " << status.message() << "\n";
+    std::exit(2);
   }
-  request.set_steps(static_cast<uint32_t>(absl::GetFlag(FLAGS_steps)));
-  request.set_solver_order(static_cast<uint32_t>(absl::GetFlag(FLAGS_solver_order)));
-  constexpr v1::SkipType kWire[] = {v1::SKIP_TYPE_LOGSNR, v1::SKIP_TYPE_TIME_UNIFORM,
-                                    v1::SKIP_TYPE_TIME_QUADRATIC};
-  request.set_skip_type(kWire[static_cast<int>(SkipTypeFlag())]);
 }
 #endif
 
