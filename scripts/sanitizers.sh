@@ -8,9 +8,9 @@
 # Extra arguments after the mode go to ctest (e.g. -R EngineLifecycle). LibTorch and gRPC are
 # linked as Debian ships them, uninstrumented: ASan still sees every heap access our code makes,
 # TSan every synchronisation our code does, and the races reported inside those libraries' own
-# thread pools are suppressed by scripts/tsan.supp (each with its reason). Each build takes about
-# as long as the normal one (two cores: ~25 minutes); the runs are slower than the normal suite
-# (ASan ~2x, TSan ~5-10x), which is why CI runs the normal suite only.
+# thread pools are suppressed by scripts/tsan.supp (each with its reason). Each is a second full
+# build of the project, and instrumented runs are slower than the normal suite, which is why CI
+# runs the normal suite only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modes=("${1:-asan}")

@@ -45,7 +45,7 @@ if [ "$server_status" -ne 0 ]; then
   tail -n 20 "$OUT_DIR/gd-server.log" >&2
   exit 1
 fi
-# Every request was logged once with its status; show the counts.
+# The server logs every call (retries included) once with its status: the counts, for the record.
 echo "gd-server request log, by status:"
 grep -Eo 'status=[A-Z_]+' "$OUT_DIR/gd-server.log" | sort | uniq -c || true
 exit "$status"

@@ -22,8 +22,9 @@ std::string Parity64Dir();
 // max over elements of |actual - expected| / max(1, |expected|): the fixtures README's measure.
 double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected);
 
-// The largest difference the service documents between a request's results alone and batched
-// with other requests (docs/api.md): batch composition changes which kernels run, nothing else.
+// Relative error (TensorsClose) allowed between a request's results alone and batched with other
+// requests in these deterministic tests. Stricter than what the service documents under load
+// (2e-3 max abs, docs/api.md), which gd-load checks: batch composition changes which kernels run.
 inline constexpr double kBatchTolerance = 1e-3;
 
 // gtest assertion: same shape and RelativeError <= tolerance, with the error in the message.
