@@ -181,11 +181,8 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
       if (!classifier.ok()) return Annotate(classifier.status(), context);
       bundle->classifier = *classifier;
       if (!spec.random_weights) {
-        if (auto s = LoadWeights(bundle->classifier, spec.classifier_path,
-                                 absl::StrCat(spec.name, " classifier"));
-            !s.ok()) {
-          return s;
-        }
+        RETURN_IF_ERROR(LoadWeights(bundle->classifier, spec.classifier_path,
+                                    absl::StrCat(spec.name, " classifier")));
       }
       bundle->classifier->to(device);
       bundle->classifier->SetPrecision(precision);
