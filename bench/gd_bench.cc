@@ -30,6 +30,8 @@
 #include "core/nn/flops.h"
 #include "core/nn/guidance.h"
 #include "core/nn/model_bundle.h"
+#include "core/nn/op_profile.h"
+#include "bench/profile_report.h"
 
 #ifdef GD_BENCH_GRPC
 #include <grpcpp/grpcpp.h>
@@ -66,6 +68,10 @@ ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors
 ABSL_FLAG(bool, mkldnn, true,
           "Let LibTorch use its oneDNN (MKLDNN) kernels on the CPU; false measures its native "
           "convolutions instead.");
+ABSL_FLAG(std::string, profile, "",
+          "Instead of the throughput scenarios: profile one request of each of these sizes (e.g. "
+          "1,8,32) by operator class and engine phase, after an unprofiled request of the same "
+          "size (CPU only; --markdown writes the tables).");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, markdown, "", "Write the results as a Markdown table here.");
 
@@ -309,6 +315,46 @@ void Print(const Result& r) {
   std::fflush(stdout);
 }
 
+// --profile: one warm-up and one profiled request per size; prints (and with --markdown writes)
+// the tables. Returns the exit code.
+int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::Engine& engine,
+                const gd::ModelBundle& m, double peak) {
+  std::string markdown;
+  for (int64_t images : sizes) {
+    if (images > engine.max_images_per_request()) {
+      std::cerr << "gd-bench: --profile " << images << " is more than --max_batch\n";
+      return 2;
+    }
+    if (submit(images, 1) < 0) {
+      std::cerr << "gd-bench: the warm-up request of " << images << " images failed\n";
+      return 1;
+    }
+    const gd::EngineStats before = engine.stats();
+    double seconds = 0;
+    gd::OpProfile::Table table;
+    {
+      gd::OpProfile profile;
+      seconds = submit(images, 1);
+      table = profile.table();
+    }
+    if (seconds < 0) {
+      std::cerr << "gd-bench: the profiled request of " << images << " images failed\n";
+      return 1;
+    }
+    gd::bench::ProfileRun run;
+    run.title = absl::StrFormat("batch %d, %s, classifier_scale %g", images, SamplerDescription(),
+                                m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
+    run.steps = engine.stats().iterations - before.iterations;
+    run.seconds = seconds;
+    run.peak_gflops = peak;
+    std::printf("%s\n", gd::bench::FormatProfileText(run, table).c_str());
+    std::fflush(stdout);
+    absl::StrAppend(&markdown, gd::bench::FormatProfileMarkdown(run, table), "\n");
+  }
+  if (!absl::GetFlag(FLAGS_markdown).empty()) std::ofstream(absl::GetFlag(FLAGS_markdown)) << markdown;
+  return 0;
+}
+
 absl::StatusOr<gd::ModelSpec> Spec() {
   if (absl::GetFlag(FLAGS_random_weights)) {
     if (absl::GetFlag(FLAGS_model_flags).empty()) {
@@ -396,6 +442,17 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   const Submitter in_process = EngineSubmitter(*engine, m);
   in_process(1, 0);  // warm up (allocator, oneDNN primitives)
+  if (!absl::GetFlag(FLAGS_profile).empty()) {
+    if (!device.is_cpu()) {
+      std::cerr << "gd-bench: --profile times operators on the CPU; on CUDA it would time kernel "
+                   "launches (use Nsight Systems there)\n";
+      return 2;
+    }
+    const int code = RunProfiles(ParseList("profile", absl::GetFlag(FLAGS_profile)), in_process,
+                                 *engine, m, peak);
+    engine->Shutdown(Clock::now() + std::chrono::seconds(30));
+    return code;
+  }
   // Every scenario through one way of submitting ("engine" in process, "grpc" on loopback).
   auto run_scenarios = [&](const char* mode, const Submitter& submit) {
     for (int64_t c : concurrency) {

@@ -517,6 +517,7 @@ void Engine::Iterate() {
 // Gather: the rows of every request and their per-row constants, each kind in one host table
 // copied to the device at once.
 Engine::Batch Engine::Gather() const {
+  RECORD_FUNCTION("gd::engine::gather", std::vector<c10::IValue>());
   Batch b;
   std::vector<torch::Tensor> xs;
   std::vector<float> floats;     // per row: network timestep, classifier scale
@@ -562,8 +563,11 @@ Engine::Batch Engine::Gather() const {
 void Engine::RunNetworks(Batch& b) const {
   RECORD_FUNCTION("gd::engine::networks", std::vector<c10::IValue>());
   const Clock::time_point start = Clock::now();
-  b.output = bundle_->unet->forward(b.x, b.model_t,
-                                    bundle_->class_conditional() ? b.labels : torch::Tensor());
+  {
+    RECORD_FUNCTION("gd::unet::forward", std::vector<c10::IValue>());
+    b.output = bundle_->unet->forward(b.x, b.model_t,
+                                      bundle_->class_conditional() ? b.labels : torch::Tensor());
+  }
   if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
   b.forward_seconds = Seconds(start, Clock::now());
   if (b.guided_rows.empty()) return;
@@ -583,6 +587,7 @@ void Engine::RunNetworks(Batch& b) const {
 
 // Update: each sampler's batched step over its rows.
 std::vector<SamplerStep> Engine::UpdateRows(const Batch& b) const {
+  RECORD_FUNCTION("gd::engine::update", std::vector<c10::IValue>());
   std::vector<SamplerStep> steps;
   for (const auto& g : b.groups) {
     SamplerRows rows;
@@ -633,6 +638,7 @@ void Engine::Count(const Batch& b, double step_seconds) {
 // Report: scatter each request's rows back, stream what was asked, fail requests whose rows went
 // non-finite, finish what reached x_0.
 void Engine::Report(const Batch& b, const std::vector<SamplerStep>& steps) {
+  RECORD_FUNCTION("gd::engine::report", std::vector<c10::IValue>());
   // One flag per row, fetched at once: whether every value of the row's new x is finite.
   std::vector<torch::Tensor> finite_parts;
   for (const auto& s : steps) finite_parts.push_back(torch::isfinite(s.x_next).flatten(1).all(1));

@@ -1,5 +1,7 @@
 #include "core/nn/guidance.h"
 
+#include <ATen/record_function.h>
+
 namespace gd {
 
 torch::Tensor ClassifierGradient(EncoderUNetModel& classifier, const torch::Tensor& x,
@@ -7,11 +9,15 @@ torch::Tensor ClassifierGradient(EncoderUNetModel& classifier, const torch::Tens
                                  const torch::Tensor& scale) {
   torch::AutoGradMode enable_grad(true);
   const torch::Tensor x_in = x.detach().to(torch::kFloat32).requires_grad_(true);
-  const torch::Tensor logits = classifier->forward(x_in, model_t);
-  const torch::Tensor log_probs = torch::log_softmax(logits, -1);
-  const torch::Tensor selected = log_probs.gather(1, y.view({-1, 1}).to(torch::kInt64));
+  torch::Tensor objective;
+  {
+    RECORD_FUNCTION("gd::classifier::forward", std::vector<c10::IValue>());
+    const torch::Tensor log_probs = torch::log_softmax(classifier->forward(x_in, model_t), -1);
+    objective = log_probs.gather(1, y.view({-1, 1}).to(torch::kInt64)).sum();
+  }
+  RECORD_FUNCTION("gd::classifier::input_gradient", std::vector<c10::IValue>());
   const torch::Tensor grad =
-      torch::autograd::grad({selected.sum()}, {x_in}, /*grad_outputs=*/{},
+      torch::autograd::grad({objective}, {x_in}, /*grad_outputs=*/{},
                             /*retain_graph=*/false, /*create_graph=*/false)[0];
   torch::Tensor s = scale.to(grad.device(), torch::kFloat32);
   if (s.dim() == 1) s = s.view({-1, 1, 1, 1});

@@ -430,6 +430,7 @@ class OpCounter {
   static bool Excluded(const std::string& name) {
     return name == "gd::engine::networks" || name == "gd::engine::complete";
   }
+  static bool IsPhase(const std::string& name) { return name.rfind("gd::", 0) == 0; }
   static bool IsView(const std::string& name) {
     static const std::set<std::string> views = {"aten::narrow", "aten::slice", "aten::select",
                                                 "aten::view", "aten::as_strided", "aten::alias",
@@ -446,6 +447,8 @@ class OpCounter {
       iterations_.emplace_back();
     } else if (Excluded(name)) {
       ++d.excluded;
+    } else if (IsPhase(name)) {
+      // The engine's other scopes (gather, update, report) only mark phases for profiles.
     } else {
       if (d.in_iteration > 0 && d.excluded == 0 && d.op_depth == 0) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -462,6 +465,7 @@ class OpCounter {
       --d.in_iteration;
     } else if (Excluded(name)) {
       --d.excluded;
+    } else if (IsPhase(name)) {
     } else {
       --d.op_depth;
     }

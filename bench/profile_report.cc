@@ -1,0 +1,125 @@
+#include "bench/profile_report.h"
+
+#include <array>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace gd::bench {
+namespace {
+
+// The engine's scopes, as columns; every other scope goes to the last column.
+constexpr std::array<const char*, 4> kPhaseScopes = {
+    "gd::unet::forward", "gd::classifier::forward", "gd::classifier::input_gradient",
+    "gd::engine::update"};
+constexpr std::array<const char*, 5> kPhaseTitles = {"UNet fwd", "clf fwd", "input grad", "update",
+                                                     "rest"};
+constexpr size_t kPhases = kPhaseTitles.size();
+
+size_t PhaseColumn(const std::string& scope) {
+  for (size_t i = 0; i < kPhaseScopes.size(); ++i) {
+    if (scope == kPhaseScopes[i]) return i;
+  }
+  return kPhases - 1;
+}
+
+// The profile folded into classes x phases, per step.
+struct Folded {
+  std::array<std::array<double, kPhases>, kOpClassCount> ms{};  // per step
+  std::array<double, kOpClassCount> gflop{};                    // per step
+  std::array<double, kPhases> phase_ms{};
+  double total_ms = 0;
+  double total_gflop = 0;
+};
+
+Folded Fold(const ProfileRun& run, const OpProfile::Table& table) {
+  Folded f;
+  const double per_step = 1.0 / static_cast<double>(std::max<int64_t>(1, run.steps));
+  for (const auto& [scope, classes] : table) {
+    const size_t column = PhaseColumn(scope);
+    for (int c = 0; c < kOpClassCount; ++c) {
+      const double ms = 1e3 * classes[static_cast<size_t>(c)].seconds * per_step;
+      const double gflop = 1e-9 * static_cast<double>(classes[static_cast<size_t>(c)].flops) * per_step;
+      f.ms[static_cast<size_t>(c)][column] += ms;
+      f.gflop[static_cast<size_t>(c)] += gflop;
+      f.phase_ms[column] += ms;
+      f.total_ms += ms;
+      f.total_gflop += gflop;
+    }
+  }
+  return f;
+}
+
+double RowMs(const Folded& f, int c) {
+  double sum = 0;
+  for (double v : f.ms[static_cast<size_t>(c)]) sum += v;
+  return sum;
+}
+
+// GFLOP/s and percent of peak of `gflop` done in `ms`, or empty cells when no FLOPs are counted.
+std::pair<std::string, std::string> Rate(double gflop, double ms, double peak) {
+  if (gflop <= 0 || ms <= 0) return {"", ""};
+  const double rate = gflop / (ms / 1e3);
+  return {absl::StrFormat("%.1f", rate), peak > 0 ? absl::StrFormat("%.1f%%", 100 * rate / peak) : ""};
+}
+
+std::string Header(const ProfileRun& run, const Folded& f) {
+  const double step_ms = 1e3 * run.seconds / static_cast<double>(std::max<int64_t>(1, run.steps));
+  const auto [rate, of_peak] = Rate(f.total_gflop, step_ms, run.peak_gflops);
+  return absl::StrFormat(
+      "%s: %d steps in %.2f s, %.1f ms/step (%.1f ms/step inside operators), %.3f GFLOP/step, "
+      "%s GFLOP/s = %s of the %.1f GFLOP/s matrix-product peak",
+      run.title, run.steps, run.seconds, step_ms, f.total_ms, f.total_gflop, rate, of_peak,
+      run.peak_gflops);
+}
+
+}  // namespace
+
+std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table) {
+  const Folded f = Fold(run, table);
+  std::string out = Header(run, f) + "\n";
+  absl::StrAppendFormat(&out, "  %-18s", "ms/step");
+  for (const char* title : kPhaseTitles) absl::StrAppendFormat(&out, " %10s", title);
+  absl::StrAppendFormat(&out, " %10s %6s %10s %9s %7s\n", "total", "share", "GFLOP/step",
+                        "GFLOP/s", "of peak");
+  for (int c = 0; c < kOpClassCount; ++c) {
+    const double row = RowMs(f, c);
+    if (row <= 0) continue;
+    absl::StrAppendFormat(&out, "  %-18s", std::string(ToString(static_cast<OpClass>(c))));
+    for (double v : f.ms[static_cast<size_t>(c)]) absl::StrAppendFormat(&out, " %10.2f", v);
+    const double gflop = f.gflop[static_cast<size_t>(c)];
+    const auto [rate, of_peak] = Rate(gflop, row, run.peak_gflops);
+    absl::StrAppendFormat(&out, " %10.2f %5.1f%% %10s %9s %7s\n", row, 100 * row / f.total_ms,
+                          gflop > 0 ? absl::StrFormat("%.3f", gflop) : "", rate, of_peak);
+  }
+  absl::StrAppendFormat(&out, "  %-18s", "all");
+  for (double v : f.phase_ms) absl::StrAppendFormat(&out, " %10.2f", v);
+  absl::StrAppendFormat(&out, " %10.2f\n", f.total_ms);
+  return out;
+}
+
+std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table) {
+  const Folded f = Fold(run, table);
+  std::string out = absl::StrCat("**", Header(run, f), "**\n\n| ms/step |");
+  for (const char* title : kPhaseTitles) absl::StrAppend(&out, " ", title, " |");
+  absl::StrAppend(&out, " total | share | GFLOP/step | GFLOP/s | of peak |\n| --- |");
+  for (size_t i = 0; i < kPhases + 5; ++i) absl::StrAppend(&out, " --: |");
+  absl::StrAppend(&out, "\n");
+  for (int c = 0; c < kOpClassCount; ++c) {
+    const double row = RowMs(f, c);
+    if (row <= 0) continue;
+    absl::StrAppend(&out, "| ", std::string(ToString(static_cast<OpClass>(c))), " |");
+    for (double v : f.ms[static_cast<size_t>(c)]) absl::StrAppendFormat(&out, " %.2f |", v);
+    const double gflop = f.gflop[static_cast<size_t>(c)];
+    const auto [rate, of_peak] = Rate(gflop, row, run.peak_gflops);
+    absl::StrAppendFormat(&out, " %.2f | %.1f%% | %s | %s | %s |\n", row, 100 * row / f.total_ms,
+                          gflop > 0 ? absl::StrFormat("%.3f", gflop) : "", rate, of_peak);
+  }
+  absl::StrAppend(&out, "| all |");
+  for (double v : f.phase_ms) absl::StrAppendFormat(&out, " %.2f |", v);
+  absl::StrAppendFormat(&out, " %.2f | | %.3f | | |\n", f.total_ms, f.total_gflop);
+  return out;
+}
+
+}  // namespace gd::bench

@@ -1,0 +1,25 @@
+// gd-bench --profile: one table per profiled request, from an OpProfile of the engine running
+// it. Rows are operator classes, columns the engine's phases (UNet forward, classifier forward,
+// the classifier's input gradient, the sampler's update, the rest), in milliseconds per sampling
+// step, with each class's FLOPs, achieved GFLOP/s and fraction of the matrix-product peak.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/nn/op_profile.h"
+
+namespace gd::bench {
+
+struct ProfileRun {
+  std::string title;     // e.g. "batch 8, DDIM ddim25, scale 1"
+  int64_t steps = 0;     // engine iterations the request took
+  double seconds = 0;    // wall time of the request
+  double peak_gflops = 0;
+};
+
+// The table as aligned text (for a terminal) and as Markdown (for docs/benchmarks.md).
+std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table);
+std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table);
+
+}  // namespace gd::bench
