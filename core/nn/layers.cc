@@ -2,7 +2,9 @@
 
 #include "core/nn/flops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace gd {
 
@@ -127,6 +129,28 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
 
 // ---- Attention ---------------------------------------------------------------------------------
 
+torch::Tensor AttendInBlocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             int64_t max_rows, int64_t block_bytes) {
+  const int64_t n = q.size(0), t = q.size(2), s = k.size(2);
+  const int64_t rows = std::min(max_rows, t);
+  const int64_t heads = std::clamp<int64_t>(block_bytes / (rows * s * 4), 1, n);
+  std::vector<torch::Tensor> per_group;
+  for (int64_t first = 0; first < n; first += heads) {
+    const int64_t count = std::min(heads, n - first);
+    const torch::Tensor kg = k.narrow(0, first, count), vg = v.narrow(0, first, count);
+    std::vector<torch::Tensor> per_block;
+    for (const torch::Tensor& q_block : q.narrow(0, first, count).split(rows, 2)) {
+      torch::Tensor weight = torch::bmm(q_block.transpose(1, 2), kg);  // [heads x rows x S]
+      // Half-precision weights are normalised in float32, as the reference does.
+      const auto type = weight.scalar_type();
+      weight = torch::softmax(weight.element_size() < 4 ? weight.to(torch::kFloat32) : weight, -1).to(type);
+      per_block.push_back(torch::bmm(vg, weight.transpose(1, 2)));  // [heads x C x rows]
+    }
+    per_group.push_back(per_block.size() == 1 ? per_block[0] : torch::cat(per_block, 2));
+  }
+  return per_group.size() == 1 ? per_group[0] : torch::cat(per_group, 0);
+}
+
 torch::Tensor QKVAttention(const torch::Tensor& qkv, int64_t num_heads, bool legacy_order) {
   const int64_t bs = qkv.size(0), width = qkv.size(1), length = qkv.size(2);
   TORCH_CHECK(width % (3 * num_heads) == 0, "qkv width ", width, " is not divisible by 3 x ",
@@ -144,12 +168,9 @@ torch::Tensor QKVAttention(const torch::Tensor& qkv, int64_t num_heads, bool leg
   }
   // Scaling q and k by ch^-1/4 each is more stable in float16 than dividing afterwards.
   const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(ch)));
-  torch::Tensor weight = torch::bmm((q * scale).transpose(1, 2), k * scale);  // [B*H x T x S]
   FlopCounter::Bmm(bs * num_heads, length, ch, length);
-  weight = torch::softmax(weight.to(torch::kFloat32), -1).to(weight.scalar_type());
-  const torch::Tensor a = torch::bmm(v, weight.transpose(1, 2));  // [B*H x C x T]
   FlopCounter::Bmm(bs * num_heads, ch, length, length);
-  return a.reshape({bs, -1, length});
+  return AttendInBlocks(q * scale, k * scale, v).reshape({bs, -1, length});
 }
 
 AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads,

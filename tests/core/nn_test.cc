@@ -263,6 +263,22 @@ TEST(UNet, AttentionOrdersShareKeysButNotResults) {
                               QKVAttention(qkv.narrow(1, 0, 12), 1, false)));
 }
 
+TEST(UNet, AttentionInBlocksMatchesOneBlockWithGradients) {
+  // 5 heads in groups of 2 (block_bytes fits 2 x 16 rows x 70 keys), 50 queries in 16-row blocks.
+  const auto make = [] { return torch::randn({5, 8, 50}, torch::kFloat64).requires_grad_(true); };
+  const torch::Tensor q = make(), k = torch::randn({5, 8, 70}, torch::kFloat64).requires_grad_(true),
+                      v = torch::randn({5, 8, 70}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor whole = torch::bmm(v, torch::softmax(torch::bmm(q.transpose(1, 2), k), -1)
+                                                .transpose(1, 2));
+  const torch::Tensor blocked = AttendInBlocks(q, k, v, /*max_rows=*/16,
+                                               /*block_bytes=*/2 * 16 * 70 * 4);
+  EXPECT_TRUE(torch::allclose(blocked, whole, 1e-12, 1e-12));
+  const torch::Tensor up = torch::randn_like(whole);
+  const auto g_whole = torch::autograd::grad({whole}, {q, k, v}, {up});
+  const auto g_blocked = torch::autograd::grad({blocked}, {q, k, v}, {up});
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(g_blocked[i], g_whole[i], 1e-12, 1e-12)) << i;
+}
+
 TEST(UNet, HalfPrecisionConvertsOnlyTorsoConvolutions) {
   UNetConfig c = SmallConfig();
   c.precision = Precision::kFloat16;
