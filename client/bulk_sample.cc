@@ -397,9 +397,7 @@ absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOpt
   const absl::Time start = absl::Now();
   RETURN_IF_ERROR(CheckOptions(options));
   BulkResult result;
-  absl::StatusOr<v1::ModelInfo> model = client.GetModel(options.base.model());
-  if (!model.ok()) return model.status();
-  result.model = *std::move(model);
+  ASSIGN_OR_RETURN(result.model, client.GetModel(options.base.model()));
   ASSIGN_OR_RETURN(auto per_request, ImagesPerRequest(options, result.model));
   result.images_per_request = per_request;
   ASSIGN_OR_RETURN(auto labels, RunLabels(options, result.model));
@@ -409,10 +407,8 @@ absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOpt
   std::unique_ptr<RunState> state;
   std::vector<RunPart> parts;
   if (!options.npz_path.empty()) {
-    absl::StatusOr<std::unique_ptr<RunState>> opened =
-        RunState::Open(RunStateDir(options.npz_path), run, options.noise, options.resume);
-    if (!opened.ok()) return opened.status();
-    state = *std::move(opened);
+    ASSIGN_OR_RETURN(state, RunState::Open(RunStateDir(options.npz_path), run, options.noise,
+                                           options.resume));
     parts = state->TakeLoaded();
   }
   for (const RunPart& part : parts) result.images_resumed += part.set.size();
@@ -440,9 +436,7 @@ absl::StatusOr<BulkResult> BulkSample(SamplerClient& client, const BulkSampleOpt
   std::vector<const SampleSet*> sets;
   sets.reserve(parts.size());
   for (const RunPart& part : parts) sets.push_back(&part.set);
-  absl::StatusOr<SampleSet> samples = ConcatSampleSets(sets);
-  if (!samples.ok()) return samples.status();
-  result.samples = *std::move(samples);
+  ASSIGN_OR_RETURN(result.samples, ConcatSampleSets(sets));
   if (state != nullptr) {
     absl::Status written =
         WriteSampleSetNpz(options.npz_path, result.samples, /*with_samples=*/false);

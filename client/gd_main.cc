@@ -285,31 +285,30 @@ absl::StatusOr<formats::Array> ReadNoise(const std::string& path, int64_t image_
 
 // --labels, --num_samples, --balanced_labels, --random_labels: how many images, labelled how.
 absl::Status CountAndLabelsFromFlags(ImagesToSample& images) {
-  absl::StatusOr<std::vector<int64_t>> labels = ParseLabels(absl::GetFlag(FLAGS_labels));
-  if (!labels.ok()) return labels.status();
+  ASSIGN_OR_RETURN(std::vector<int64_t> labels, ParseLabels(absl::GetFlag(FLAGS_labels)));
   const uint32_t num_samples = absl::GetFlag(FLAGS_num_samples);
   const bool balanced = absl::GetFlag(FLAGS_balanced_labels);
   const bool random = absl::GetFlag(FLAGS_random_labels);
-  if (int{!labels->empty()} + int{balanced} + int{random} > 1) {
+  if (int{!labels.empty()} + int{balanced} + int{random} > 1) {
     return UsageError("give one of --labels, --balanced_labels and --random_labels");
   }
   if ((balanced || random) && num_samples == 0) {
     return UsageError(absl::StrCat("--", balanced ? "balanced" : "random",
                                    "_labels needs --num_samples N: how many images"));
   }
-  if (labels->empty() && num_samples == 0) {
+  if (labels.empty() && num_samples == 0) {
     return UsageError(
         "say how many images: --labels 1,2,3 (one per image), or --num_samples N (with "
         "--balanced_labels or --random_labels for labelled images)");
   }
-  if (!labels->empty() && num_samples != 0 && num_samples != labels->size()) {
+  if (!labels.empty() && num_samples != 0 && num_samples != labels.size()) {
     return UsageError(absl::StrCat("--num_samples = ", num_samples, " but --labels has ",
-                                   labels->size(), " labels (give one, or make them agree)"));
+                                   labels.size(), " labels (give one, or make them agree)"));
   }
-  images.count = labels->empty() ? num_samples : static_cast<int64_t>(labels->size());
+  images.count = labels.empty() ? num_samples : static_cast<int64_t>(labels.size());
   images.label_choice =
       balanced ? LabelChoice::kBalanced : (random ? LabelChoice::kRandom : LabelChoice::kGiven);
-  images.labels = *std::move(labels);
+  images.labels = std::move(labels);
   return absl::OkStatus();
 }
 
@@ -335,9 +334,7 @@ absl::StatusOr<ImagesToSample> ImagesFromFlags() {
   sampler.clip_denoised = absl::GetFlag(FLAGS_clip_denoised);
   RETURN_IF_ERROR(ApplySamplerSettings(sampler, base));
   if (const std::string path = absl::GetFlag(FLAGS_noise); !path.empty()) {
-    absl::StatusOr<formats::Array> noise = ReadNoise(path, images.count);
-    if (!noise.ok()) return noise.status();
-    images.noise = *std::move(noise);
+    ASSIGN_OR_RETURN(images.noise, ReadNoise(path, images.count));
   }
   return images;
 }
@@ -631,33 +628,22 @@ struct Invocation {
 
 // The sample and stream parts of the invocation.
 absl::Status SamplingFromFlags(Command command, Invocation& invocation) {
-  absl::StatusOr<Outputs> outputs = OutputsFromFlags();
-  if (!outputs.ok()) return outputs.status();
-  invocation.outputs = *std::move(outputs);
+  ASSIGN_OR_RETURN(invocation.outputs, OutputsFromFlags());
   ASSIGN_OR_RETURN(auto images, ImagesFromFlags());
   invocation.labelled = images.labelled();
   if (command == Command::kSample) {
-    absl::StatusOr<BulkSampleOptions> run =
-        BulkOptionsFromFlags(std::move(images), invocation.outputs);
-    if (!run.ok()) return run.status();
-    invocation.run = *std::move(run);
+    ASSIGN_OR_RETURN(invocation.run, BulkOptionsFromFlags(std::move(images), invocation.outputs));
     return absl::OkStatus();
   }
-  absl::StatusOr<v1::SampleRequest> request = StreamRequest(images, invocation.outputs);
-  if (!request.ok()) return request.status();
-  invocation.request = *std::move(request);
-  absl::StatusOr<TrajectoryOptions> pictures = TrajectoryFromFlags(invocation.outputs);
-  if (!pictures.ok()) return pictures.status();
-  invocation.pictures = *std::move(pictures);
+  ASSIGN_OR_RETURN(invocation.request, StreamRequest(images, invocation.outputs));
+  ASSIGN_OR_RETURN(invocation.pictures, TrajectoryFromFlags(invocation.outputs));
   return MakeDumpDir(absl::GetFlag(FLAGS_dump_dir));
 }
 
 absl::StatusOr<Invocation> InvocationFromFlags(const CommandInfo& command) {
   RETURN_IF_ERROR(CheckFlagsApply(command));
   Invocation invocation;
-  absl::StatusOr<ClientOptions> options = OptionsFromFlags();
-  if (!options.ok()) return options.status();
-  invocation.options = *std::move(options);
+  ASSIGN_OR_RETURN(invocation.options, OptionsFromFlags());
   if (command.command == Command::kSample || command.command == Command::kStream) {
     if (absl::Status status = SamplingFromFlags(command.command, invocation); !status.ok()) {
       return status;

@@ -62,11 +62,10 @@ absl::Status DumpStep(const v1::StepEvent& step, const std::string& dir) {
       {"pred_xstart", step.has_pred_xstart() ? &step.pred_xstart() : nullptr}};
   for (const auto& [name, tensor] : tensors) {
     if (tensor == nullptr) continue;
-    absl::StatusOr<formats::Array> array =
-        StepTensor(*tensor, absl::StrCat("step ", step.step(), " ", name));
-    if (!array.ok()) return array.status();
+    ASSIGN_OR_RETURN(const formats::Array array,
+                     StepTensor(*tensor, absl::StrCat("step ", step.step(), " ", name)));
     const std::string path = absl::StrFormat("%s/%s_%04d.npy", dir, name, step.step());
-    RETURN_IF_ERROR(WriteNpy(path, *array));
+    RETURN_IF_ERROR(WriteNpy(path, array));
   }
   return AppendStepLine(step, StepIndexPath(dir));
 }

@@ -129,9 +129,7 @@ absl::StatusOr<SampleSet> SampleSetFromResponse(const v1::SampleResponse& respon
     }
     set.images = *std::move(images);
   } else if (kept.images && set.samples.has_value()) {
-    absl::StatusOr<formats::Array> images = SamplesToUint8(*set.samples);
-    if (!images.ok()) return images.status();
-    set.images = *std::move(images);
+    ASSIGN_OR_RETURN(set.images, SamplesToUint8(*set.samples));
   } else if (kept.images) {
     return absl::InternalError("the server's response lacks the uint8 images asked for");
   }
@@ -144,14 +142,8 @@ absl::StatusOr<SampleSet> ConcatSampleSets(const std::vector<const SampleSet*>& 
   for (const SampleSet* part : parts) {
     joined.labels.insert(joined.labels.end(), part->labels.begin(), part->labels.end());
   }
-  absl::StatusOr<std::optional<formats::Array>> images =
-      ConcatMember(parts, &SampleSet::images, "images");
-  if (!images.ok()) return images.status();
-  absl::StatusOr<std::optional<formats::Array>> samples =
-      ConcatMember(parts, &SampleSet::samples, "samples");
-  if (!samples.ok()) return samples.status();
-  joined.images = *std::move(images);
-  joined.samples = *std::move(samples);
+  ASSIGN_OR_RETURN(joined.images, ConcatMember(parts, &SampleSet::images, "images"));
+  ASSIGN_OR_RETURN(joined.samples, ConcatMember(parts, &SampleSet::samples, "samples"));
   return joined;
 }
 
@@ -177,12 +169,10 @@ absl::Status WriteSampleSetNpz(const std::string& path, const SampleSet& set, bo
 
 absl::StatusOr<SampleSet> ReadSampleSetNpz(const std::string& path) {
   ASSIGN_OR_RETURN(auto bytes, formats::ReadFileBytes(path));
-  absl::StatusOr<std::vector<std::pair<std::string, formats::Array>>> members =
-      formats::ParseNpz(bytes, path);
-  if (!members.ok()) return members.status();
+  ASSIGN_OR_RETURN(auto members, formats::ParseNpz(bytes, path));
   SampleSet set;
   std::optional<formats::Array> labels;
-  for (auto& [name, array] : *members) {
+  for (auto& [name, array] : members) {
     if (name == "arr_0") {
       set.images = std::move(array);
     } else if (name == "arr_1") {

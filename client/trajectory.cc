@@ -43,10 +43,9 @@ absl::StatusOr<std::vector<formats::Image>> StepImages(const v1::StepEvent& step
   std::vector<formats::Image> images;
   if (!pngs.empty()) {
     for (int i = 0; i < pngs.size(); ++i) {
-      absl::StatusOr<formats::Image> image =
-          formats::DecodePng(pngs[i], absl::StrCat(what, " image ", i));
-      if (!image.ok()) return image.status();
-      images.push_back(*std::move(image));
+      ASSIGN_OR_RETURN(formats::Image image,
+                       formats::DecodePng(pngs[i], absl::StrCat(what, " image ", i)));
+      images.push_back(std::move(image));
     }
     return images;
   }
@@ -82,12 +81,12 @@ absl::Status TrajectoryRecorder::OnStep(const v1::StepEvent& step) {
     }
   }
   if (!improved.empty()) {
-    absl::StatusOr<std::vector<formats::Image>> images = StepImages(step, StepField::kPredXstart);
-    if (!images.ok()) return images.status();
-    if (!images->empty()) {
+    ASSIGN_OR_RETURN(const std::vector<formats::Image> images,
+                     StepImages(step, StepField::kPredXstart));
+    if (!images.empty()) {
       for (StripColumn* column : improved) {
         column->step = step.step();
-        column->images = *images;
+        column->images = images;
       }
     }
   }
@@ -149,12 +148,9 @@ absl::Status TrajectoryRecorder::WriteStrip() {
       tiles.push_back(column->images[i]);
     }
   }
-  absl::StatusOr<std::string> png =
-      formats::EncodePng(formats::MakeGrid(tiles, static_cast<int64_t>(columns.size())));
-  if (!png.ok()) return png.status();
-  if (absl::Status status = formats::WriteFileBytes(options_.strip_path, *png); !status.ok()) {
-    return status;
-  }
+  ASSIGN_OR_RETURN(const std::string png, formats::EncodePng(formats::MakeGrid(
+                                              tiles, static_cast<int64_t>(columns.size()))));
+  RETURN_IF_ERROR(formats::WriteFileBytes(options_.strip_path, png));
   std::vector<uint32_t> steps;
   steps.reserve(columns.size());
   for (const StripColumn* column : columns) steps.push_back(*column->step);

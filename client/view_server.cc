@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/outputs.h"
+#include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
@@ -90,14 +91,11 @@ absl::StatusOr<std::unique_ptr<ViewServer>> ViewServer::Start(SamplerClient& cli
                                                               ViewServerOptions options) {
   std::unique_ptr<ViewServer> server(new ViewServer(client, std::move(options)));
   ViewServer* self = server.get();
-  absl::StatusOr<std::unique_ptr<http::Server>> http = http::Server::Start(
-      self->options_.listen,
-      [self](const http::Request& request, http::Response& response) {
-        self->Handle(request, response);
-      },
-      self->options_.http);
-  if (!http.ok()) return http.status();
-  server->http_ = *std::move(http);
+  const auto handle = [self](const http::Request& request, http::Response& response) {
+    self->Handle(request, response);
+  };
+  ASSIGN_OR_RETURN(server->http_,
+                   http::Server::Start(self->options_.listen, handle, self->options_.http));
   server->janitor_ = std::thread([self] { self->Janitor(); });
   return server;
 }

@@ -128,12 +128,11 @@ absl::StatusOr<SampleJob> JobFromRequest(const v1::SampleRequest& request) {
   job.seed = request.seed();
   job.clip_denoised = request.has_clip_denoised() ? request.clip_denoised().value() : true;
   if (request.has_noise()) {
-    auto noise = TensorFromProto(request.noise(), "noise");
-    if (!noise.ok()) return noise.status();
-    if (!noise->is_floating_point()) {
+    ASSIGN_OR_RETURN(const torch::Tensor noise, TensorFromProto(request.noise(), "noise"));
+    if (!noise.is_floating_point()) {
       return absl::InvalidArgumentError("noise.dtype must be DTYPE_FLOAT32 or DTYPE_FLOAT16");
     }
-    job.noise = noise->to(torch::kFloat32);
+    job.noise = noise.to(torch::kFloat32);
   }
   const v1::StreamOptions& stream = request.stream();
   if (!v1::StreamOptions::Format_IsValid(stream.format())) {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/status_macros.h"
 
 #if GD_CUDA_MEMORY_STATS
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -252,14 +253,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   std::unique_ptr<MetricsHttpServer> server(
       new MetricsHttpServer(std::move(metrics), std::move(ready)));
   const MetricsHttpServer* self = server.get();
-  absl::StatusOr<std::unique_ptr<http::Server>> http = http::Server::Start(
-      {host, port},
-      [self](const http::Request& request, http::Response& response) {
-        self->Handle(request, response);
-      },
-      options);
-  if (!http.ok()) return http.status();
-  server->http_ = *std::move(http);
+  const auto handle = [self](const http::Request& request, http::Response& response) {
+    self->Handle(request, response);
+  };
+  ASSIGN_OR_RETURN(server->http_, http::Server::Start({host, port}, handle, options));
   return server;
 }
 

@@ -121,12 +121,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
   }
   std::unique_ptr<Engine> engine(new Engine(std::move(bundle), options));
   const ModelBundle& m = *engine->bundle_;
-  auto ddpm = MakeDdpmSampler(m);
-  auto ddim = MakeDdimSampler(m);
-  if (!ddpm.ok()) return ddpm.status();
-  if (!ddim.ok()) return ddim.status();
-  engine->samplers_.push_back(std::move(*ddpm));
-  engine->samplers_.push_back(std::move(*ddim));
+  ASSIGN_OR_RETURN(auto ddpm, MakeDdpmSampler(m));
+  ASSIGN_OR_RETURN(auto ddim, MakeDdimSampler(m));
+  engine->samplers_.push_back(std::move(ddpm));
+  engine->samplers_.push_back(std::move(ddim));
   // DPM-Solver++ needs an eps- or x0-predicting model; others serve DDPM and DDIM only.
   auto dpm = MakeDpmSolverSampler(m);
   if (!dpm.ok() && dpm.status().code() != absl::StatusCode::kFailedPrecondition) {
@@ -267,11 +265,10 @@ absl::StatusOr<std::unique_ptr<SamplerRun>> Engine::Check(const SampleJob& job) 
 
 absl::StatusOr<std::shared_ptr<JobHandle>> Engine::Submit(SampleJob job,
                                                          std::shared_ptr<JobObserver> observer) {
-  auto run = Check(job);
-  if (!run.ok()) return run.status();
+  ASSIGN_OR_RETURN(std::unique_ptr<SamplerRun> run, Check(job));
   auto request = std::make_shared<Request>();
   request->images = job.num_images();
-  request->run = std::move(*run);
+  request->run = std::move(run);
   request->total_steps = request->run->total_steps();
   request->observer = std::move(observer);
   request->handle = std::make_shared<JobHandle>();

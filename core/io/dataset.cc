@@ -386,22 +386,20 @@ absl::StatusOr<ImageDataset> LoadNpzDataset(const std::string& path) {
 absl::StatusOr<ImageDataset> LoadIdx(const std::string& images_path,
                                      const std::string& labels_path) {
   ASSIGN_OR_RETURN(auto image_bytes, ReadIdxBytes(images_path));
-  absl::StatusOr<std::vector<int64_t>> image_dims =
-      ParseIdxHeader(image_bytes, images_path, /*rank=*/3, "image");
-  if (!image_dims.ok()) return image_dims.status();
+  ASSIGN_OR_RETURN(const std::vector<int64_t> image_dims,
+                   ParseIdxHeader(image_bytes, images_path, /*rank=*/3, "image"));
   ASSIGN_OR_RETURN(auto label_bytes, ReadIdxBytes(labels_path));
-  absl::StatusOr<std::vector<int64_t>> label_dims =
-      ParseIdxHeader(label_bytes, labels_path, /*rank=*/1, "label");
-  if (!label_dims.ok()) return label_dims.status();
-  const int64_t count = (*image_dims)[0];
-  const int64_t height = (*image_dims)[1];
-  const int64_t width = (*image_dims)[2];
+  ASSIGN_OR_RETURN(const std::vector<int64_t> label_dims,
+                   ParseIdxHeader(label_bytes, labels_path, /*rank=*/1, "label"));
+  const int64_t count = image_dims[0];
+  const int64_t height = image_dims[1];
+  const int64_t width = image_dims[2];
   if (count == 0 || height == 0 || width == 0) {
     return absl::InvalidArgumentError(absl::StrCat(images_path, ": holds no pixels (", count,
                                                    " images of ", height, "x", width, ")"));
   }
-  if ((*label_dims)[0] != count) {
-    return absl::InvalidArgumentError(absl::StrCat(labels_path, ": ", (*label_dims)[0],
+  if (label_dims[0] != count) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_path, ": ", label_dims[0],
                                                    " labels for the ", count, " images of ",
                                                    images_path));
   }

@@ -112,13 +112,12 @@ absl::StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ReadNpz(
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   absl::Status status =
       formats::VisitNpz(file, path, [&](const std::string& name, const formats::NpyArray& array) {
-        absl::StatusOr<torch::Tensor> tensor =
-            ToTensor(array, absl::StrCat(path, ":", name, ".npy"));
-        if (!tensor.ok()) return tensor.status();
-        tensors.emplace_back(name, *std::move(tensor));
+        ASSIGN_OR_RETURN(torch::Tensor tensor,
+                         ToTensor(array, absl::StrCat(path, ":", name, ".npy")));
+        tensors.emplace_back(name, std::move(tensor));
         return absl::OkStatus();
       });
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(status);
   return tensors;
 }
 

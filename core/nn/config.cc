@@ -383,17 +383,15 @@ absl::StatusOr<UNetConfig> ReferenceFlags::UNet() const {
   c.model_channels = GetInt("num_channels");
   c.out_channels = GetBool("learn_sigma") ? 2 * c.in_channels : c.in_channels;
   c.num_res_blocks = GetInt("num_res_blocks");
-  auto rates = AttentionDownsampleRates(Get("attention_resolutions"), c.image_size,
-                                        "attention_resolutions");
-  if (!rates.ok()) return rates.status();
-  c.attention_ds = *rates;
+  ASSIGN_OR_RETURN(c.attention_ds, AttentionDownsampleRates(Get("attention_resolutions"),
+                                                            c.image_size, "attention_resolutions"));
   c.dropout = GetFloat("dropout");
   if (c.dropout < 0 || c.dropout >= 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--dropout = ", c.dropout, " is outside [0, 1)"));
   }
-  ASSIGN_OR_RETURN(auto mult, ParseChannelMult(Get("channel_mult"), c.image_size, "channel_mult"));
-  c.channel_mult = mult;
+  ASSIGN_OR_RETURN(c.channel_mult,
+                   ParseChannelMult(Get("channel_mult"), c.image_size, "channel_mult"));
   c.num_classes = GetBool("class_cond") ? GetInt("num_classes") : 0;
   c.precision = GetBool("use_fp16") ? Precision::kFloat16 : Precision::kFloat32;
   c.num_heads = GetInt("num_heads");
@@ -416,14 +414,11 @@ absl::StatusOr<UNetConfig> ReferenceFlags::Classifier() const {
   c.model_channels = GetInt("classifier_width");
   c.out_channels = GetInt("num_classes");
   c.num_res_blocks = GetInt("classifier_depth");
-  auto rates = AttentionDownsampleRates(Get("classifier_attention_resolutions"), c.image_size,
-                                        "classifier_attention_resolutions");
-  if (!rates.ok()) return rates.status();
-  c.attention_ds = *rates;
-  auto mult =
-      ParseChannelMult(Get("classifier_channel_mult"), c.image_size, "classifier_channel_mult");
-  if (!mult.ok()) return mult.status();
-  c.channel_mult = *mult;
+  ASSIGN_OR_RETURN(c.attention_ds,
+                   AttentionDownsampleRates(Get("classifier_attention_resolutions"), c.image_size,
+                                            "classifier_attention_resolutions"));
+  ASSIGN_OR_RETURN(c.channel_mult, ParseChannelMult(Get("classifier_channel_mult"), c.image_size,
+                                                    "classifier_channel_mult"));
   c.precision = GetBool("classifier_use_fp16") ? Precision::kFloat16 : Precision::kFloat32;
   c.num_head_channels = GetInt("classifier_num_head_channels");
   c.use_scale_shift_norm = GetBool("classifier_use_scale_shift_norm");

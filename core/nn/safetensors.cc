@@ -196,12 +196,11 @@ absl::StatusOr<StateDict> ReadSafetensorsFile(const std::string& path,
     return absl::DataLossError("cannot read the header");
   }
   const uint64_t data_start = 8 + header_size;
-  absl::StatusOr<std::vector<SafetensorsEntry>> entries =
-      ParseSafetensorsHeader(header_text, file_size - data_start, metadata);
-  if (!entries.ok()) return entries.status();
+  ASSIGN_OR_RETURN(const std::vector<SafetensorsEntry> entries,
+                   ParseSafetensorsHeader(header_text, file_size - data_start, metadata));
   StateDict state;
-  state.reserve(entries->size());
-  for (const SafetensorsEntry& entry : *entries) {
+  state.reserve(entries.size());
+  for (const SafetensorsEntry& entry : entries) {
     torch::Tensor tensor = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.dtype));
     const uint64_t bytes = entry.end - entry.begin;
     if (bytes > 0 && (fseeko(stream, static_cast<off_t>(data_start + entry.begin), SEEK_SET) != 0 ||

@@ -130,10 +130,10 @@ absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
   }
   ASSIGN_OR_RETURN(auto weights, ReadCheckpoint(model_path));
   RETURN_IF_ERROR(LoadStateDict(model, weights, what, model_path));
-  auto opt_state =
-      ReadCheckpoint(CheckpointPath(fs::path(model_path).parent_path().string(), "opt", *step));
-  if (!opt_state.ok()) return opt_state.status();
-  RETURN_IF_ERROR(optimizer.LoadState(*opt_state));
+  ASSIGN_OR_RETURN(
+      auto opt_state,
+      ReadCheckpoint(CheckpointPath(fs::path(model_path).parent_path().string(), "opt", *step)));
+  RETURN_IF_ERROR(optimizer.LoadState(opt_state));
   return *step;
 }
 

@@ -65,9 +65,8 @@ absl::Status VisitNpz(
       ASSIGN_OR_RETURN(auto npy, zip.Read(i, member_what));
       array = ParseNpyArray(npy, member_what);
     }  // the member's bytes are freed before the visitor converts the array
-    if (!array.ok()) return array.status();
-    absl::Status status = visit(name, *std::move(array));
-    if (!status.ok()) return status;
+    RETURN_IF_ERROR(array.status());
+    RETURN_IF_ERROR(visit(name, *std::move(array)));
   }
   return absl::OkStatus();
 }
@@ -76,13 +75,12 @@ absl::StatusOr<std::vector<std::pair<std::string, Array>>> ParseNpz(absl::string
                                                                     absl::string_view what) {
   std::vector<std::pair<std::string, Array>> arrays;
   absl::Status status = VisitNpz(bytes, what, [&](const std::string& name, NpyArray npy) {
-    absl::StatusOr<Array> array =
-        internal::ArrayFromNpy(std::move(npy), absl::StrCat(what, ":", name, ".npy"));
-    if (!array.ok()) return array.status();
-    arrays.emplace_back(name, *std::move(array));
+    ASSIGN_OR_RETURN(Array array,
+                     internal::ArrayFromNpy(std::move(npy), absl::StrCat(what, ":", name, ".npy")));
+    arrays.emplace_back(name, std::move(array));
     return absl::OkStatus();
   });
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(status);
   return arrays;
 }
 
