@@ -16,7 +16,8 @@ PACKAGES=(
 )
 # Extra groups, asked for by name: "browser" (viewer end-to-end test), "tls" (openssl for TLS tests),
 # "fuzz" (scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, llvm-symbolizer for
-# readable crash stacks).
+# readable crash stacks), "image" (scripts/image-check.sh: podman and buildah to build and run the
+# CPU image, mmdebstrap to bootstrap its Debian base where no registry is reachable).
 for extra in "$@"; do
   case "$extra" in
     # npm only where no npm exists yet: a nodejs from elsewhere (NodeSource) ships its own and
@@ -24,7 +25,8 @@ for extra in "$@"; do
     browser) PACKAGES+=(chromium nodejs); command -v npm >/dev/null || PACKAGES+=(npm) ;;
     tls) PACKAGES+=(openssl) ;;
     fuzz) PACKAGES+=(clang libclang-rt-14-dev llvm) ;;
-    *) echo "install-deps: unknown group '$extra' (known: browser, tls, fuzz)" >&2; exit 2 ;;
+    image) PACKAGES+=(podman buildah mmdebstrap uidmap) ;;
+    *) echo "install-deps: unknown group '$extra' (known: browser, tls, fuzz, image)" >&2; exit 2 ;;
   esac
 done
 
