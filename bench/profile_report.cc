@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace gd::bench {
 namespace {
@@ -74,51 +75,56 @@ std::string Header(const ProfileRun& run, const Folded& f) {
       run.peak_gflops);
 }
 
+// The table as cells: a header row, one row per class that took time, and the phases' totals.
+std::vector<std::vector<std::string>> Cells(const ProfileRun& run, const Folded& f) {
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"ms/step"});
+  rows[0].insert(rows[0].end(), kPhaseTitles.begin(), kPhaseTitles.end());
+  rows[0].insert(rows[0].end(), {"total", "share", "GFLOP/step", "GFLOP/s", "of peak"});
+  for (int c = 0; c < kOpClassCount; ++c) {
+    const double row_ms = RowMs(f, c);
+    if (row_ms <= 0) continue;
+    std::vector<std::string> row = {std::string(ToString(static_cast<OpClass>(c)))};
+    for (double v : f.ms[static_cast<size_t>(c)]) row.push_back(absl::StrFormat("%.2f", v));
+    const double gflop = f.gflop[static_cast<size_t>(c)];
+    const auto [rate, of_peak] = Rate(gflop, row_ms, run.peak_gflops);
+    row.insert(row.end(), {absl::StrFormat("%.2f", row_ms),
+                           absl::StrFormat("%.1f%%", 100 * row_ms / f.total_ms),
+                           gflop > 0 ? absl::StrFormat("%.3f", gflop) : "", rate, of_peak});
+    rows.push_back(std::move(row));
+  }
+  std::vector<std::string> all = {"all"};
+  for (double v : f.phase_ms) all.push_back(absl::StrFormat("%.2f", v));
+  all.insert(all.end(), {absl::StrFormat("%.2f", f.total_ms), "",
+                         absl::StrFormat("%.3f", f.total_gflop), "", ""});
+  rows.push_back(std::move(all));
+  return rows;
+}
+
 }  // namespace
 
 std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table) {
   const Folded f = Fold(run, table);
   std::string out = Header(run, f) + "\n";
-  absl::StrAppendFormat(&out, "  %-18s", "ms/step");
-  for (const char* title : kPhaseTitles) absl::StrAppendFormat(&out, " %10s", title);
-  absl::StrAppendFormat(&out, " %10s %6s %10s %9s %7s\n", "total", "share", "GFLOP/step",
-                        "GFLOP/s", "of peak");
-  for (int c = 0; c < kOpClassCount; ++c) {
-    const double row = RowMs(f, c);
-    if (row <= 0) continue;
-    absl::StrAppendFormat(&out, "  %-18s", std::string(ToString(static_cast<OpClass>(c))));
-    for (double v : f.ms[static_cast<size_t>(c)]) absl::StrAppendFormat(&out, " %10.2f", v);
-    const double gflop = f.gflop[static_cast<size_t>(c)];
-    const auto [rate, of_peak] = Rate(gflop, row, run.peak_gflops);
-    absl::StrAppendFormat(&out, " %10.2f %5.1f%% %10s %9s %7s\n", row, 100 * row / f.total_ms,
-                          gflop > 0 ? absl::StrFormat("%.3f", gflop) : "", rate, of_peak);
+  for (const auto& row : Cells(run, f)) {
+    absl::StrAppendFormat(&out, "  %-18s", row[0]);
+    for (size_t i = 1; i < row.size(); ++i) absl::StrAppendFormat(&out, " %10s", row[i]);
+    out += "\n";
   }
-  absl::StrAppendFormat(&out, "  %-18s", "all");
-  for (double v : f.phase_ms) absl::StrAppendFormat(&out, " %10.2f", v);
-  absl::StrAppendFormat(&out, " %10.2f\n", f.total_ms);
   return out;
 }
 
 std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table) {
   const Folded f = Fold(run, table);
-  std::string out = absl::StrCat("**", Header(run, f), "**\n\n| ms/step |");
-  for (const char* title : kPhaseTitles) absl::StrAppend(&out, " ", title, " |");
-  absl::StrAppend(&out, " total | share | GFLOP/step | GFLOP/s | of peak |\n| --- |");
-  for (size_t i = 0; i < kPhases + 5; ++i) absl::StrAppend(&out, " --: |");
-  absl::StrAppend(&out, "\n");
-  for (int c = 0; c < kOpClassCount; ++c) {
-    const double row = RowMs(f, c);
-    if (row <= 0) continue;
-    absl::StrAppend(&out, "| ", std::string(ToString(static_cast<OpClass>(c))), " |");
-    for (double v : f.ms[static_cast<size_t>(c)]) absl::StrAppendFormat(&out, " %.2f |", v);
-    const double gflop = f.gflop[static_cast<size_t>(c)];
-    const auto [rate, of_peak] = Rate(gflop, row, run.peak_gflops);
-    absl::StrAppendFormat(&out, " %.2f | %.1f%% | %s | %s | %s |\n", row, 100 * row / f.total_ms,
-                          gflop > 0 ? absl::StrFormat("%.3f", gflop) : "", rate, of_peak);
+  std::string out = absl::StrCat("**", Header(run, f), "**\n\n");
+  const auto rows = Cells(run, f);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    absl::StrAppend(&out, "| ", absl::StrJoin(rows[r], " | "), " |\n");
+    if (r != 0) continue;
+    absl::StrAppend(&out, "| --- |");
+    for (size_t i = 1; i < rows[0].size(); ++i) absl::StrAppend(&out, " --: |");
+    absl::StrAppend(&out, "\n");
   }
-  absl::StrAppend(&out, "| all |");
-  for (double v : f.phase_ms) absl::StrAppendFormat(&out, " %.2f |", v);
-  absl::StrAppendFormat(&out, " %.2f | | %.3f | | |\n", f.total_ms, f.total_gflop);
   return out;
 }
 

@@ -9,17 +9,20 @@ Only guided_diffusion.script_util and what it imports are used (not dist_util, w
 blobfile and MPI). REF_DIR is a checkout given by path; nothing of it is copied here.
 """
 import argparse
+import importlib
 import json
 import shlex
 import sys
 import time
 
+import torch
+import torch.nn.functional as F
+
 
 def build(ref_dir, model_flags, classifier_flags, respacing):
+    """The reference's networks and respaced diffusion from its flag strings, as its scripts do."""
     sys.path.insert(0, ref_dir)
-    from guided_diffusion import script_util as su  # noqa: E402 (the checkout is on the path now)
-    import torch
-
+    su = importlib.import_module("guided_diffusion.script_util")
     defaults = su.model_and_diffusion_defaults()
     defaults.update(su.classifier_defaults())
     parser = argparse.ArgumentParser()
@@ -29,7 +32,7 @@ def build(ref_dir, model_flags, classifier_flags, respacing):
     model, diffusion = su.create_model_and_diffusion(
         **su.args_to_dict(args, su.model_and_diffusion_defaults().keys()))
     classifier = su.create_classifier(**su.args_to_dict(args, su.classifier_defaults().keys()))
-    return args, model, diffusion, classifier, torch
+    return args, model, diffusion, classifier, su.NUM_CLASSES
 
 
 def main():
@@ -45,9 +48,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     opts = p.parse_args()
 
-    args, model, diffusion, classifier, torch = build(
+    args, model, diffusion, classifier, num_classes = build(
         opts.ref_dir, opts.model_flags, opts.classifier_flags, opts.timestep_respacing)
-    import torch.nn.functional as F
 
     torch.set_num_threads(opts.threads)
     model.load_state_dict(torch.load(opts.model_path, map_location="cpu"))
@@ -69,7 +71,7 @@ def main():
 
     def sample(n, seed):
         torch.manual_seed(seed)
-        y = torch.arange(n) % 1000
+        y = torch.arange(n) % num_classes
         start = time.perf_counter()
         diffusion.ddim_sample_loop(model_fn, (n,) + shape, clip_denoised=True,
                                    model_kwargs={"y": y}, cond_fn=cond_fn, device="cpu")

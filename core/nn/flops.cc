@@ -12,10 +12,15 @@ void FlopCounter::Add(int64_t flops) {
   for (FlopCounter* c = active_counter; c != nullptr; c = c->previous_) c->flops_ += flops;
 }
 
-void FlopCounter::Conv(const torch::Tensor& output, int64_t in_channels_per_group,
-                       int64_t kernel_elements) {
+int64_t ConvolutionFlops(int64_t output_elements, const torch::Tensor& weight) {
+  int64_t macs_per_output = weight.size(1);
+  for (int64_t d = 2; d < weight.dim(); ++d) macs_per_output *= weight.size(d);
+  return 2 * output_elements * macs_per_output;
+}
+
+void FlopCounter::Conv(const torch::Tensor& output, const torch::Tensor& weight) {
   if (active_counter == nullptr) return;
-  Add(2 * output.numel() * in_channels_per_group * kernel_elements);
+  Add(ConvolutionFlops(output.numel(), weight));
 }
 
 void FlopCounter::Linear(const torch::Tensor& output, int64_t in_features) {
@@ -30,15 +35,13 @@ void FlopCounter::Bmm(int64_t batch, int64_t n, int64_t k, int64_t m) {
 
 torch::Tensor CountedConv(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   torch::Tensor out = conv.forward(x);
-  const auto& w = conv.weight;
-  FlopCounter::Conv(out, w.size(1), w.size(2) * w.size(3));
+  FlopCounter::Conv(out, conv.weight);
   return out;
 }
 
 torch::Tensor CountedConv(torch::nn::Conv1dImpl& conv, const torch::Tensor& x) {
   torch::Tensor out = conv.forward(x);
-  const auto& w = conv.weight;
-  FlopCounter::Conv(out, w.size(1), w.size(2));
+  FlopCounter::Conv(out, conv.weight);
   return out;
 }
 

@@ -19,8 +19,7 @@ class FlopCounter {
   int64_t flops() const { return flops_; }
 
   // Called by the layers; no-ops when no counter is active on this thread.
-  static void Conv(const torch::Tensor& output, int64_t in_channels_per_group,
-                   int64_t kernel_elements);
+  static void Conv(const torch::Tensor& output, const torch::Tensor& weight);
   static void Linear(const torch::Tensor& output, int64_t in_features);
   // [B x N x K] @ [B x K x M]
   static void Bmm(int64_t batch, int64_t n, int64_t k, int64_t m);
@@ -30,6 +29,10 @@ class FlopCounter {
   int64_t flops_ = 0;
   FlopCounter* previous_;
 };
+
+// One pass of a convolution with `weight` [C_out, C_in / groups, k...] producing (or, in the
+// backward, consuming) `output_elements` values: each reads C_in / groups x k inputs.
+int64_t ConvolutionFlops(int64_t output_elements, const torch::Tensor& weight);
 
 // conv->forward(x), counted.
 torch::Tensor CountedConv(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);

@@ -143,7 +143,8 @@ torch::Tensor AttendInBlocks(const torch::Tensor& q, const torch::Tensor& k, con
       torch::Tensor weight = torch::bmm(q_block.transpose(1, 2), kg);  // [heads x rows x S]
       // Half-precision weights are normalised in float32, as the reference does.
       const auto type = weight.scalar_type();
-      weight = torch::softmax(weight.element_size() < 4 ? weight.to(torch::kFloat32) : weight, -1).to(type);
+      if (weight.element_size() < 4) weight = weight.to(torch::kFloat32);
+      weight = torch::softmax(weight, -1).to(type);
       per_block.push_back(torch::bmm(vg, weight.transpose(1, 2)));  // [heads x C x rows]
     }
     per_group.push_back(per_block.size() == 1 ? per_block[0] : torch::cat(per_block, 2));

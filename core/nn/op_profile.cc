@@ -8,6 +8,8 @@
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
+#include "core/nn/flops.h"
+
 namespace gd {
 namespace {
 
@@ -37,26 +39,18 @@ bool Contains(std::string_view s, std::string_view part) {
 // ---- FLOPs from the shapes of inputs and outputs (never list arguments: their boxed types differ
 // between LibTorch versions) ---------------------------------------------------------------------
 
-const at::Tensor* TensorAt(c10::ArrayRef<const c10::IValue> in, size_t i) {
-  return i < in.size() && in[i].isTensor() && in[i].toTensor().defined() ? &in[i].toTensor()
-                                                                         : nullptr;
-}
-
-// MACs per output element of a convolution with `weight` [C_out, C_in / groups, k...].
-int64_t ConvMacsPerOutput(const at::Tensor& weight) {
-  int64_t per = weight.size(1);
-  for (int64_t d = 2; d < weight.dim(); ++d) per *= weight.size(d);
-  return per;
-}
-
 bool DefinedTensor(const c10::IValue& v) { return v.isTensor() && v.toTensor().defined(); }
+
+const at::Tensor* TensorAt(c10::ArrayRef<const c10::IValue> in, size_t i) {
+  return i < in.size() && DefinedTensor(in[i]) ? &in[i].toTensor() : nullptr;
+}
 
 // aten::convolution(input, weight, ...) -> output.
 template <typename Outputs>
-int64_t ConvolutionFlops(c10::ArrayRef<const c10::IValue> in, const Outputs& out) {
+int64_t ConvolutionForwardFlops(c10::ArrayRef<const c10::IValue> in, const Outputs& out) {
   const at::Tensor* w = TensorAt(in, 1);
   if (w == nullptr || out.size() < 1 || !DefinedTensor(out[0])) return 0;
-  return 2 * out[0].toTensor().numel() * ConvMacsPerOutput(*w);
+  return ConvolutionFlops(out[0].toTensor().numel(), *w);
 }
 
 // aten::convolution_backward(grad_output, input, weight, ...) -> (grad_input, grad_weight,
@@ -68,7 +62,7 @@ int64_t ConvolutionBackwardFlops(c10::ArrayRef<const c10::IValue> in, const Outp
   const at::Tensor* w = TensorAt(in, 2);
   if (grad == nullptr || w == nullptr || out.size() < 2) return 0;
   const int64_t passes = (DefinedTensor(out[0]) ? 1 : 0) + (DefinedTensor(out[1]) ? 1 : 0);
-  return passes * 2 * grad->numel() * ConvMacsPerOutput(*w);
+  return passes * ConvolutionFlops(grad->numel(), *w);
 }
 
 // [.., n, k] @ [.., k, m], with `first` the index of the left operand.
@@ -81,7 +75,7 @@ int64_t MatmulFlops(c10::ArrayRef<const c10::IValue> in, size_t first) {
 
 int64_t OperatorFlops(const at::RecordFunction& fn, std::string_view name) {
   const c10::ArrayRef<const c10::IValue> in = fn.inputs();
-  if (name == "aten::convolution") return ConvolutionFlops(in, fn.outputs());
+  if (name == "aten::convolution") return ConvolutionForwardFlops(in, fn.outputs());
   if (name == "aten::convolution_backward") return ConvolutionBackwardFlops(in, fn.outputs());
   if (name == "aten::mm" || name == "aten::bmm") return MatmulFlops(in, 0);
   if (name == "aten::addmm" || name == "aten::baddbmm") return MatmulFlops(in, 1);

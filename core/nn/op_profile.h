@@ -5,9 +5,9 @@
 //   - the phase of the engine it ran in: the innermost "gd::" scope open on its thread (the
 //     engine marks gather, UNet forward, classifier forward and backward, update, report).
 // Times are exclusive (an operator's own time less the operators it calls), so the cells add up
-// to the profiled time. FLOPs are counted from the operators' input shapes for convolutions
-// (forward and backward, per gradient actually computed) and matrix products, as 2 x
-// multiply-accumulates. Used by `gd-bench --profile`. On CUDA the times are launch times, not
+// to the profiled time. FLOPs are counted from the shapes of the operators' tensors for
+// convolutions (forward and backward, per gradient actually computed; core/nn/flops.h's formula)
+// and matrix products, as 2 x multiply-accumulates. Used by `gd-bench --profile`. On CUDA the times are launch times, not
 // kernel times; the profile is meant for CPU runs.
 #pragma once
 

@@ -465,8 +465,7 @@ class OpCounter {
       --d.in_iteration;
     } else if (Excluded(name)) {
       --d.excluded;
-    } else if (IsPhase(name)) {
-    } else {
+    } else if (!IsPhase(name)) {
       --d.op_depth;
     }
   }
