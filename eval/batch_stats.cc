@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/io/npy.h"
 #include "core/status_macros.h"
+#include "eval/speckle.h"
 
 namespace gd::eval {
 namespace {
@@ -52,6 +53,7 @@ absl::StatusOr<BatchStats> ComputeStats(const Evaluator& evaluator, const ImageD
   stats.pool_features = features.pool;
   stats.logits = features.logits;
   if (data.has_labels) stats.labels = data.labels;
+  ASSIGN_OR_RETURN(stats.high_frequency, HighFrequencyRatios(data.images));
   return stats;
 }
 
@@ -67,6 +69,7 @@ absl::Status WriteStats(const std::string& path, const BatchStats& stats) {
       {"description", StringTensor(stats.description)},
   };
   if (stats.labels.defined()) arrays.emplace_back("labels", stats.labels);
+  if (stats.high_frequency.defined()) arrays.emplace_back("high_frequency", stats.high_frequency);
   return WriteNpz(path, arrays);
 }
 
@@ -86,10 +89,18 @@ absl::StatusOr<BatchStats> StatsFromMembers(const std::map<std::string, torch::T
   stats.evaluator = TensorString(evaluator);
   stats.description = TensorString(description);
   if (auto it = members.find("labels"); it != members.end()) stats.labels = it->second;
+  if (auto it = members.find("high_frequency"); it != members.end()) {
+    stats.high_frequency = it->second;
+  }
   if (stats.pool_features.dim() != 2 || stats.logits.dim() != 2 ||
       stats.logits.size(0) != stats.pool_features.size(0)) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": pool and logits must be [N x D] and [N x C] of one N"));
+  }
+  if (stats.high_frequency.defined() &&
+      (stats.high_frequency.dim() != 1 || stats.high_frequency.size(0) != stats.num_images())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": high_frequency must be [N], one ratio per image"));
   }
   return stats;
 }
@@ -142,6 +153,10 @@ absl::StatusOr<Scores> Score(const Evaluator& evaluator, const BatchStats& refer
                    ComputePrecisionRecall(reference.pool_features, samples.pool_features));
   s.precision = pr.precision;
   s.recall = pr.recall;
+  if (reference.high_frequency.defined() && samples.high_frequency.defined()) {
+    ASSIGN_OR_RETURN(s.speckled,
+                     SpeckledFraction(reference.high_frequency, samples.high_frequency));
+  }
   if (samples.labels.defined()) {
     const int64_t num_classes = evaluator.config().num_classes;
     ASSIGN_OR_RETURN(Agreement agreement,

@@ -25,6 +25,9 @@ struct BatchStats {
   torch::Tensor pool_features;  // float32 [N x D]: precision and recall
   torch::Tensor logits;         // float32 [N x C]: IS and agreement
   torch::Tensor labels;         // int64 [N] (arr_1), undefined when the batch has none
+  // float64 [N]: HighFrequencyRatios of the images (eval/speckle.h); undefined in caches written
+  // before gd-eval computed it.
+  torch::Tensor high_frequency;
   int64_t num_images() const { return pool_features.size(0); }
 };
 
@@ -32,7 +35,7 @@ absl::StatusOr<BatchStats> ComputeStats(const Evaluator& evaluator, const ImageD
 
 // The cache: an uncompressed .npz with the reference's names mu, sigma, mu_s, sigma_s (so its
 // evaluator.py would read the Gaussians too), plus pool, logits, labels (when labelled), and
-// evaluator and description as UTF-8 bytes (uint8 [L]).
+// evaluator and description as UTF-8 bytes (uint8 [L]), and high_frequency.
 absl::Status WriteStats(const std::string& path, const BatchStats& stats);
 absl::StatusOr<BatchStats> ReadStats(const std::string& path);
 
@@ -43,7 +46,8 @@ absl::StatusOr<BatchStats> LoadBatch(const Evaluator& evaluator, const std::stri
                                      const std::string& split = "test", int64_t limit = 0);
 
 // Every metric of `samples` against `reference`; both must come from `evaluator` (same
-// fingerprint), else an error says to recompute the cache. Agreement when samples has labels.
+// fingerprint), else an error says to recompute the cache. Agreement when samples has labels;
+// the speckled fraction when both have high_frequency.
 absl::StatusOr<Scores> Score(const Evaluator& evaluator, const BatchStats& reference,
                              const BatchStats& samples);
 

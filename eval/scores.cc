@@ -13,8 +13,12 @@ nlohmann::json NumberOrNull(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
-std::string AgreementText(const std::optional<double>& agreement) {
-  return agreement ? absl::StrFormat("%.4f", *agreement) : std::string("");
+std::string OptionalText(const std::optional<double>& value) {
+  return value ? absl::StrFormat("%.4f", *value) : std::string("");
+}
+
+nlohmann::json OptionalJson(const std::optional<double>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
 }
 
 }  // namespace
@@ -31,6 +35,13 @@ std::string FormatTable(const Scores& s) {
   absl::StrAppendFormat(&out, "%-12s %10.3f\n", "IS", s.inception_score);
   absl::StrAppendFormat(&out, "%-12s %10.4f\n", "precision", s.precision);
   absl::StrAppendFormat(&out, "%-12s %10.4f\n", "recall", s.recall);
+  if (s.speckled) {
+    absl::StrAppendFormat(&out, "%-12s %10.4f   (above the reference's 99th percentile of "
+                          "high-frequency energy)\n", "speckled", *s.speckled);
+  } else {
+    absl::StrAppend(&out, "speckled     (the reference statistics predate it: rerun gd-eval "
+                          "stats)\n");
+  }
   if (!s.agreement) {
     absl::StrAppend(&out, "agreement    (the samples have no labels)\n");
     return out;
@@ -58,7 +69,8 @@ nlohmann::json ToJson(const Scores& s) {
       {"inception_score", s.inception_score},
       {"precision", s.precision},
       {"recall", s.recall},
-      {"agreement", s.agreement ? nlohmann::json(*s.agreement) : nlohmann::json(nullptr)},
+      {"speckled", OptionalJson(s.speckled)},
+      {"agreement", OptionalJson(s.agreement)},
   };
   nlohmann::json per_class = nlohmann::json::array();
   for (const ClassAgreement& a : s.per_class) {
@@ -72,13 +84,13 @@ nlohmann::json ToJson(const Scores& s) {
 std::string SweepCsv(const std::vector<SweepRow>& rows) {
   std::string out =
       "sampler,steps,classifier_scale,num_samples,fid,sfid,inception_score,precision,recall,"
-      "agreement,sampling_seconds\n";
+      "agreement,speckled,sampling_seconds\n";
   for (const SweepRow& r : rows) {
     const Scores& s = r.scores;
-    absl::StrAppendFormat(&out, "%s,%s,%g,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%.1f\n", r.sampler,
+    absl::StrAppendFormat(&out, "%s,%s,%g,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%.1f\n", r.sampler,
                           r.steps, r.classifier_scale, s.num_samples, s.fid, s.sfid,
-                          s.inception_score, s.precision, s.recall, AgreementText(s.agreement),
-                          r.seconds);
+                          s.inception_score, s.precision, s.recall, OptionalText(s.agreement),
+                          OptionalText(s.speckled), r.seconds);
   }
   return out;
 }
@@ -86,14 +98,14 @@ std::string SweepCsv(const std::vector<SweepRow>& rows) {
 std::string SweepMarkdown(const std::vector<SweepRow>& rows) {
   std::string out =
       "| sampler | steps | scale | samples | FID | sFID | IS | precision | recall | agreement | "
-      "sampling s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-      "|\n";
+      "speckled | sampling s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+      "---: | ---: | ---: |\n";
   for (const SweepRow& r : rows) {
     const Scores& s = r.scores;
     absl::StrAppendFormat(
-        &out, "| %s | %s | %g | %d | %.2f | %.2f | %.2f | %.3f | %.3f | %s | %.0f |\n", r.sampler,
-        r.steps, r.classifier_scale, s.num_samples, s.fid, s.sfid, s.inception_score, s.precision,
-        s.recall, AgreementText(s.agreement), r.seconds);
+        &out, "| %s | %s | %g | %d | %.2f | %.2f | %.2f | %.3f | %.3f | %s | %s | %.0f |\n",
+        r.sampler, r.steps, r.classifier_scale, s.num_samples, s.fid, s.sfid, s.inception_score,
+        s.precision, s.recall, OptionalText(s.agreement), OptionalText(s.speckled), r.seconds);
   }
   return out;
 }

@@ -21,6 +21,7 @@ METRICS = [
     ("recall", "recall (diversity)"),
     ("inception_score", "IS"),
     ("agreement", "label agreement"),
+    ("speckled", "speckled fraction (lower is better)"),
 ]
 
 
@@ -40,14 +41,15 @@ def main():
             else:
                 series[f'{row["sampler"]} {row["steps"]}'].append(row)
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    fig, grid = plt.subplots(2, 3, figsize=(12, 7))
+    axes = grid.flatten()
     for ax, (key, title) in zip(axes, METRICS):
         for name, rows in sorted(series.items()):
-            points = [(float(r["classifier_scale"]), float(r[key])) for r in rows if r[key]]
+            points = [(float(r["classifier_scale"]), float(r[key])) for r in rows if r.get(key)]
             points.sort()
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
-        if real is not None and real[key]:
+        if real is not None and real.get(key):
             ax.axhline(float(real[key]), color="grey", linestyle="--", label="real images")
         ax.set_title(title)
         ax.set_xlabel("classifier scale")

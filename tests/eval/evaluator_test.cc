@@ -142,6 +142,7 @@ TEST_F(TinyEvaluator, StatisticsCacheRoundTripsAndKnowsItsEvaluator) {
   EXPECT_TRUE(torch::equal(cached->spatial.mu, computed->spatial.mu));
   EXPECT_TRUE(torch::equal(cached->pool_features, computed->pool_features));
   EXPECT_TRUE(torch::equal(cached->labels, computed->labels));
+  EXPECT_TRUE(torch::equal(cached->high_frequency, computed->high_frequency));
 
   auto scores = Score(*evaluator, *cached, *computed);
   ASSERT_TRUE(scores.ok()) << scores.status();
