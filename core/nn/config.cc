@@ -133,9 +133,11 @@ absl::StatusOr<std::vector<double>> ParseChannelMult(const std::string& text, in
   std::vector<double> mult;
   for (absl::string_view part : absl::StrSplit(text, ',')) {
     double v = 0;
-    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v) || !(v > 0)) {
+    // Finite too: "inf" parses, and a channel count of inf * model_channels is no integer.
+    if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v) || !(v > 0) ||
+        !std::isfinite(v)) {
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " = \"", text, "\": \"", part,
-                                                     "\" is not a positive multiplier"));
+                                                     "\" is not a positive finite multiplier"));
     }
     mult.push_back(v);
   }

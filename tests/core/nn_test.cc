@@ -96,6 +96,15 @@ TEST(ReferenceFlags, ErrorsNameTheFlag) {
   auto bad_mult = ReferenceFlags::ParseStrings({"--image_size 28 --channel_mult 1,x"});
   ASSERT_TRUE(bad_mult.ok());
   EXPECT_FALSE(bad_mult->UNet().ok());
+  for (const char* mult : {"1,inf", "nan", "1,-2", "1e400"}) {
+    auto parsed =
+        ReferenceFlags::ParseStrings({absl::StrCat("--image_size 28 --channel_mult ", mult)});
+    ASSERT_TRUE(parsed.ok());
+    auto refused = parsed->UNet();
+    ASSERT_FALSE(refused.ok()) << mult;
+    EXPECT_NE(refused.status().message().find("positive finite multiplier"), std::string::npos)
+        << refused.status();
+  }
   auto zero = ReferenceFlags::ParseStrings({"--num_res_blocks 0 --num_channels 0"});
   ASSERT_TRUE(zero.ok());
   EXPECT_FALSE(zero->UNet().ok());
