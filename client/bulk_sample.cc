@@ -1,14 +1,16 @@
 #include "client/bulk_sample.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/run_state.h"
@@ -192,19 +194,19 @@ class BulkRun {
 
   // What the requests brought; call after Run.
   std::vector<RunPart> TakeParts() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return std::move(parts_);
   }
   std::vector<std::string> request_ids() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return request_ids_;
   }
   int64_t retries() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return progress_.retries;
   }
   uint32_t steps() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return steps_;
   }
 
@@ -223,17 +225,25 @@ class BulkRun {
   const std::vector<Range> todo_;
   const RunState* const state_;  // null: nothing kept on disk
 
-  absl::Mutex mu_;
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;  // index into todo_
-  int workers_running_ ABSL_GUARDED_BY(mu_) = 0;
-  bool changed_ ABSL_GUARDED_BY(mu_) = true;
-  absl::Status failure_ ABSL_GUARDED_BY(mu_);
-  BulkProgress progress_ ABSL_GUARDED_BY(mu_);
-  std::vector<double> partial_ ABSL_GUARDED_BY(mu_);  // per worker, in images
-  std::mt19937_64 jitter_ ABSL_GUARDED_BY(mu_);
-  std::vector<RunPart> parts_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> request_ids_ ABSL_GUARDED_BY(mu_);
-  uint32_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  // A std::mutex rather than absl::Mutex: Debian's absl is not built with ThreadSanitizer, which
+  // would see none of absl::Mutex's synchronisation (scripts/sanitizers.sh tsan); pthread's it
+  // intercepts. Everything below is guarded by mu_.
+  std::mutex mu_;
+  std::condition_variable news_;  // MarkChanged: changed_, failure_ or workers_running_ moved
+  void MarkChanged() {  // with mu_ held
+    changed_ = true;
+    news_.notify_all();
+  }
+  size_t next_ = 0;  // index into todo_
+  int workers_running_ = 0;
+  bool changed_ = true;
+  absl::Status failure_;
+  BulkProgress progress_;
+  std::vector<double> partial_;  // per worker, in images
+  std::mt19937_64 jitter_;
+  std::vector<RunPart> parts_;
+  std::vector<std::string> request_ids_;
+  uint32_t steps_ = 0;
 };
 
 absl::Status BulkRun::Run(const BulkProgressCallback& on_progress) {
@@ -241,7 +251,7 @@ absl::Status BulkRun::Run(const BulkProgressCallback& on_progress) {
       static_cast<int>(std::min<size_t>(static_cast<size_t>(options_.concurrency), todo_.size()));
   std::vector<std::thread> threads;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     workers_running_ = workers;
     partial_.assign(workers, 0.0);
   }
@@ -251,11 +261,9 @@ absl::Status BulkRun::Run(const BulkProgressCallback& on_progress) {
   for (bool finished = false; !finished;) {
     BulkProgress snapshot;
     {
-      absl::MutexLock lock(&mu_);
-      auto news = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return changed_ || workers_running_ == 0;
-      };
-      mu_.AwaitWithTimeout(absl::Condition(&news), absl::Milliseconds(250));
+      std::unique_lock<std::mutex> lock(mu_);
+      news_.wait_for(lock, std::chrono::milliseconds(250),
+                     [this] { return changed_ || workers_running_ == 0; });
       changed_ = false;
       finished = workers_running_ == 0;
       snapshot = progress_;
@@ -264,7 +272,7 @@ absl::Status BulkRun::Run(const BulkProgressCallback& on_progress) {
     if (on_progress) on_progress(snapshot);
   }
   for (std::thread& thread : threads) thread.join();
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return failure_;
 }
 
@@ -272,20 +280,20 @@ void BulkRun::Work(int worker) {
   for (;;) {
     Range range;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (!failure_.ok() || next_ == todo_.size()) break;
       range = todo_[next_++];
       ++progress_.requests_in_flight;
-      changed_ = true;
+      MarkChanged();
     }
     absl::StatusOr<RunPart> part = SampleRange(worker, range);
     if (part.ok() && state_ != nullptr) {
       if (absl::Status saved = state_->Save(*part); !saved.ok()) part = saved;
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     --progress_.requests_in_flight;
     partial_[worker] = 0;
-    changed_ = true;
+    MarkChanged();
     if (!part.ok()) {
       if (failure_.ok()) failure_ = part.status();
       continue;
@@ -293,8 +301,9 @@ void BulkRun::Work(int worker) {
     progress_.images_done += part->set.size();
     parts_.push_back(*std::move(part));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   --workers_running_;
+  news_.notify_all();
 }
 
 absl::StatusOr<RunPart> BulkRun::SampleRange(int worker, Range range) {
@@ -308,7 +317,7 @@ absl::StatusOr<RunPart> BulkRun::SampleRange(int worker, Range range) {
           absl::StrCat("the server sent ", set->size(), " images for ", range.count));
     }
     if (set.ok()) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       request_ids_.push_back(response->request_id());
       steps_ = response->steps();
       return RunPart{range.first, *std::move(set)};
@@ -338,28 +347,28 @@ absl::StatusOr<v1::SampleResponse> BulkRun::Call(int worker, const v1::SampleReq
   if (!options_.stream_steps) return client_.Sample(request);
   return client_.StreamSample(request, [&](const v1::SampleEvent& event) {
     if (event.has_step() && event.step().total_steps() > 0) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       partial_[worker] =
           static_cast<double>(count) * (event.step().step() + 1) / event.step().total_steps();
-      changed_ = true;
+      MarkChanged();
     }
     return true;
   });
 }
 
 bool BulkRun::WaitToRetry(int retry, const absl::Status& error) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   ++progress_.retries;
   progress_.last_retry = error;
-  changed_ = true;
+  MarkChanged();
   const RetryPolicy& policy = options_.retry;
   const double doubled =
       static_cast<double>(policy.initial_backoff_ms) * std::pow(2.0, std::min(retry - 1, 30));
   const double backoff_ms = std::min(doubled, static_cast<double>(policy.max_backoff_ms)) *
                             std::uniform_real_distribution<double>(0.75, 1.25)(jitter_);
-  auto failed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !failure_.ok(); };
   // Another request's failure ends the run: stop waiting at once.
-  return !mu_.AwaitWithTimeout(absl::Condition(&failed), absl::Milliseconds(backoff_ms));
+  return !news_.wait_for(lock, std::chrono::duration<double, std::milli>(backoff_ms),
+                         [this] { return !failure_.ok(); });
 }
 
 v1::SampleRequest BulkRun::RequestFor(Range range) const {
