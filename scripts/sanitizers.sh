@@ -7,8 +7,9 @@
 #
 # Extra arguments after the mode go to ctest (e.g. -R EngineLifecycle). LibTorch and gRPC are
 # linked as Debian ships them, uninstrumented: ASan still sees every heap access our code makes,
-# TSan every synchronisation our code does, and the races reported inside those libraries' own
-# thread pools are suppressed by scripts/tsan.supp (each with its reason). Each is a second full
+# TSan every synchronisation our code does (so our own locks are std::mutex, not absl::Mutex),
+# and reports about memory those libraries synchronise themselves are suppressed by
+# scripts/tsan.supp, each with its reason. docs/reliability.md has the last runs' results. Each is a second full
 # build of the project, and instrumented runs are slower than the normal suite, which is why CI
 # runs the normal suite only.
 set -euo pipefail
@@ -23,7 +24,10 @@ run() {
   local mode=$1 dir=$2 sanitize=$3 targets=$4 tests=$5
   shift 5
   if [ ! -f "$dir/CMakeCache.txt" ]; then
-    cmake -S . -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGD_SANITIZE="$sanitize"
+    # -O1 with line tables only: sanitizer reports keep file:line stacks, and the LibTorch-heavy
+    # translation units compile about twice as fast as at -O2 -g on a 2-core machine.
+    cmake -S . -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DGD_SANITIZE="$sanitize"
   fi
   # shellcheck disable=SC2086  # targets are whitespace-separated names
   cmake --build "$dir" -j "${GD_BUILD_JOBS:-2}" --target $targets
