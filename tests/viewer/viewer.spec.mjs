@@ -94,6 +94,13 @@ async function main() {
     assert.ok(model, "a model is selected");
     assert.ok(classOptions > 1, "the class picker lists the classes");
     const hasClassifier = await page.$eval("#scale", (el) => !el.disabled);
+    // The scale starts at the model's recommended one (GetModel's default_classifier_scale).
+    const listed = await page.evaluate(async () => (await (await fetch("/api/models")).json()));
+    const recommended = Number(listed.models.find((m) => m.name === model).default_classifier_scale || 0);
+    if (hasClassifier && recommended > 0) {
+      assert.equal(Number(await page.$eval("#scale", (el) => el.value)), recommended,
+                   "the scale slider starts at the model's recommended scale");
+    }
 
     // ---- A sampling run: intermediate frames, then the final grid ----
     await setValue(page, "#count", "2");
