@@ -39,8 +39,9 @@ std::string FormatTable(const Scores& s) {
     absl::StrAppendFormat(&out, "%-12s %10.4f   (above the reference's 99th percentile of "
                           "high-frequency energy)\n", "speckled", *s.speckled);
   } else {
-    absl::StrAppend(&out, "speckled     (the reference statistics predate it: rerun gd-eval "
-                          "stats)\n");
+    absl::StrAppend(&out,
+                    "speckled     (statistics cached before gd-eval computed it: rerun gd-eval "
+                    "stats)\n");
   }
   if (!s.agreement) {
     absl::StrAppend(&out, "agreement    (the samples have no labels)\n");

@@ -30,7 +30,7 @@ struct Scores {
   double precision = 0;
   double recall = 0;
   // Samples whose high-frequency ratio exceeds 99% of the reference's (eval/speckle.h); absent
-  // when the reference statistics were cached without the ratios.
+  // when either batch is statistics cached without the ratios.
   std::optional<double> speckled;
   // When the samples carry labels (arr_1): the fraction the evaluator classifies as their label.
   std::optional<double> agreement;

@@ -21,9 +21,8 @@ absl::StatusOr<torch::Tensor> HighFrequencyRatios(const torch::Tensor& images) {
                                   x.slice(1, 1, h - 1).slice(2, 2, w) - 4 * centre;
   const torch::Tensor energy = laplacian.pow(2).mean({1, 2});
   const torch::Tensor variance = x.flatten(1).var(/*dim=*/1, /*unbiased=*/false);
-  // A flat image has neither edges nor texture: ratio 0, not 0/0.
-  return torch::where(variance > 0, energy / variance.clamp_min(1e-300),
-                      torch::zeros_like(energy));
+  // A flat image has variance 0 and a zero Laplacian: the clamp makes its ratio 0, not 0/0.
+  return energy / variance.clamp_min(1e-300);
 }
 
 absl::StatusOr<double> SpeckledFraction(const torch::Tensor& reference_ratios,

@@ -5,11 +5,11 @@
 //   ratio(x) = mean(Laplacian(x)^2) / var(x)
 //
 // over the image in [0, 1] (channels averaged), with the 4-neighbour Laplacian on the interior
-// pixels (no padding). Smooth shapes with a few edges score low; a linear ramp scores 0;
-// independent pixel noise scores 20 (four neighbours and -4 times the centre: 4 + 16 times the
-// pixel variance); a constant image scores 0. A sample is *speckled* when its ratio exceeds the reference batch's 99th percentile:
-// 1% of real images count as speckled by construction, and a sampler that draws like the data does
-// scores about 0.01.
+// pixels (no padding). Smooth shapes with a few edges score low; a constant image or a linear
+// ramp scores 0; independent pixel noise scores 20 (four neighbours and -4 times the centre:
+// 4 + 16 times the pixel variance). A sample is *speckled* when its ratio exceeds the reference
+// batch's 99th percentile: 1% of real images count as speckled by construction, and a sampler
+// that draws like the data scores about 0.01.
 #pragma once
 
 #include <torch/torch.h>
