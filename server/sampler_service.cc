@@ -69,8 +69,11 @@ class SampleReactor final : public grpc::ServerUnaryReactor,
     keep = std::move(self_);
   }
 
-  // JobObserver (engine thread): hand the encoding to the executor.
+  // JobObserver (engine thread): hand the encoding to the executor. Taking the lock orders
+  // Start's writes to record_ (made under it, across Submit) before Complete reads them: a job
+  // the engine ends at once (an expired deadline) can finish before Start returns.
   void OnFinished(absl::StatusOr<JobResult> result) override {
+    std::lock_guard<std::mutex> lock(mu_);
     service_->executor().Post([self = shared_from_this(), result = std::move(result)]() mutable {
       self->Complete(std::move(result));
     });
