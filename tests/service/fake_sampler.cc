@@ -288,22 +288,22 @@ grpc::Status FakeSampler::GetModel(grpc::ServerContext* context, const v1::GetMo
 }
 
 v1::SampleRequest FakeSampler::last_request() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return last_request_;
 }
 
 std::string FakeSampler::last_method() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return last_method_;
 }
 
 std::vector<v1::SampleRequest> FakeSampler::sample_requests() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return sample_requests_;
 }
 
 void FakeSampler::FailNextCalls(int count, grpc::StatusCode code, int after) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   successes_before_failures_ = after;
   failures_left_ = count;
   failures_injected_ = 0;
@@ -311,12 +311,12 @@ void FakeSampler::FailNextCalls(int count, grpc::StatusCode code, int after) {
 }
 
 void FakeSampler::SetDelay(absl::Duration delay) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   delay_ = delay;
 }
 
 void FakeSampler::HoldUntilInFlight(int count) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   hold_until_in_flight_ = count;
 }
 
@@ -327,20 +327,19 @@ FakeSampler::CallInFlight::~CallInFlight() { fake->Leave(); }
 grpc::Status FakeSampler::Admit() {
   absl::Duration delay;
   {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     ++in_flight_;
+    changed_.notify_all();
     max_in_flight_ = std::max(max_in_flight_.load(), in_flight_);
     if (hold_until_in_flight_ > 0) {
-      auto enough = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return in_flight_ >= hold_until_in_flight_;
-      };
-      mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+      changed_.wait_for(lock, std::chrono::seconds(10),
+                        [this] { return in_flight_ >= hold_until_in_flight_; });
       hold_until_in_flight_ = 0;  // once: the calls after these go straight through
     }
     delay = delay_;
   }
   absl::SleepFor(delay);
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (failures_left_ == 0) return grpc::Status::OK;
   if (successes_before_failures_ > 0) {
     --successes_before_failures_;
@@ -353,24 +352,25 @@ grpc::Status FakeSampler::Admit() {
 }
 
 void FakeSampler::Leave() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   --in_flight_;
 }
 
 std::string FakeSampler::last_authorization() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return last_authorization_;
 }
 
 bool FakeSampler::WaitForCancellation(absl::Duration timeout) {
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&saw_cancellation_), timeout);
+  std::unique_lock<std::mutex> lock(mu_);
+  return changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                           [this] { return saw_cancellation_; });
 }
 
 void FakeSampler::Record(grpc::ServerContext* context, const v1::SampleRequest& request,
                          const char* method) {
   ++calls_;
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   last_method_ = method;
   last_request_ = request;
   if (absl::string_view(method) == "Sample" || absl::string_view(method) == "StreamSample") {
@@ -385,8 +385,9 @@ void FakeSampler::Record(grpc::ServerContext* context, const v1::SampleRequest& 
 
 void FakeSampler::MarkCancelled() {
   ++cancellations_;
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   saw_cancellation_ = true;
+  changed_.notify_all();
 }
 
 grpc::Status FakeSampler::WaitForCancel(grpc::ServerContext* context) {

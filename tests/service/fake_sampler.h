@@ -7,12 +7,13 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/gd_client.h"
 #include "core/io/formats/formats.h"
@@ -134,19 +135,22 @@ class FakeSampler final : public guided_diffusion::v1::Sampler::Service {
   std::atomic<int> calls_{0};
   std::atomic<int> stream_calls_{0};
   std::atomic<int> cancellations_{0};
-  absl::Mutex mu_;
-  std::string last_method_ ABSL_GUARDED_BY(mu_);
-  guided_diffusion::v1::SampleRequest last_request_ ABSL_GUARDED_BY(mu_);
-  std::string last_authorization_ ABSL_GUARDED_BY(mu_);
-  bool saw_cancellation_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<guided_diffusion::v1::SampleRequest> sample_requests_ ABSL_GUARDED_BY(mu_);
-  int failures_left_ ABSL_GUARDED_BY(mu_) = 0;
-  int successes_before_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  int failures_injected_ ABSL_GUARDED_BY(mu_) = 0;
-  grpc::StatusCode failure_code_ ABSL_GUARDED_BY(mu_) = grpc::StatusCode::OK;
-  absl::Duration delay_ ABSL_GUARDED_BY(mu_);
-  int hold_until_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex, not absl::Mutex: ThreadSanitizer sees only locks it can instrument.
+  std::mutex mu_;
+  std::condition_variable changed_;  // in_flight_ or saw_cancellation_ changed
+  // Guarded by mu_:
+  std::string last_method_;
+  guided_diffusion::v1::SampleRequest last_request_;
+  std::string last_authorization_;
+  bool saw_cancellation_ = false;
+  std::vector<guided_diffusion::v1::SampleRequest> sample_requests_;
+  int failures_left_ = 0;
+  int successes_before_failures_ = 0;
+  int failures_injected_ = 0;
+  grpc::StatusCode failure_code_ = grpc::StatusCode::OK;
+  absl::Duration delay_;
+  int hold_until_in_flight_ = 0;
+  int in_flight_ = 0;
   std::atomic<int> max_in_flight_{0};
 };
 
