@@ -1,5 +1,6 @@
 #include "tests/testing/testing.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -36,6 +37,11 @@ double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected)
     return ::testing::AssertionFailure() << msg.str();
   }
   const double err = RelativeError(actual, expected);
+  if (const char* report = std::getenv("GD_TEST_REPORT_ERRORS"); report != nullptr && *report) {
+    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::fprintf(stderr, "[ rel err  ] %s.%s: relative error %.3g (tolerance %.3g)\n",
+                 test ? test->test_suite_name() : "?", test ? test->name() : "?", err, tolerance);
+  }
   if (!(err <= tolerance)) {
     return ::testing::AssertionFailure()
            << "relative error " << err << " exceeds " << tolerance << " (max |expected| "

@@ -28,6 +28,8 @@ double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected)
 inline constexpr double kBatchTolerance = 1e-3;
 
 // gtest assertion: same shape and RelativeError <= tolerance, with the error in the message.
+// With GD_TEST_REPORT_ERRORS=1 every comparison also prints its error to stderr (how the
+// half-precision parity errors in docs/benchmarks.md were measured).
 ::testing::AssertionResult TensorsClose(const torch::Tensor& actual,
                                         const torch::Tensor& expected, double tolerance);
 
