@@ -13,6 +13,7 @@
 #include "core/io/formats/formats.h"
 #include "core/io/npy.h"
 #include "client/bulk_sample.h"
+#include "client/progress.h"
 #include "client/run_state.h"
 #include "core/status_macros.h"
 
@@ -124,12 +125,12 @@ absl::StatusOr<double> DrawSamples(client::SamplerClient& client, const SweepOpt
   bulk.npz_path = path;
   bulk.resume = fs::exists(client::RunStateDir(path));
   const std::string what = absl::StrCat(point.sampler, ":", point.steps, " scale ", scale);
-  auto result = client::BulkSample(client, bulk, [&](const client::BulkProgress& p) {
-    std::cerr << absl::StrFormat("\r[sweep] %s: %d/%d images   ", what, p.images_done,
-                                 p.images_total)
-              << std::flush;
-  });
-  std::cerr << "\n";
+  std::cerr << absl::StrFormat("[sweep] %s: %d images\n", what, options.num_samples);
+  // gd sample's display: a bar on a terminal, a line every 10 s in a log, retries reported.
+  client::RunProgress progress(stderr);
+  auto result = client::BulkSample(
+      client, bulk, [&](const client::BulkProgress& p) { progress.Update(p); });
+  progress.Clear();
   if (!result.ok()) {
     return absl::Status(result.status().code(),
                         absl::StrCat(what, ": ", result.status().message()));
