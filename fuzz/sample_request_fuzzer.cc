@@ -38,9 +38,8 @@ gd::Engine& BundledEngine() {
     auto bundle = gd::LoadModelBundle(*spec, torch::kCPU, gd::Precision::kFloat32);
     GD_FUZZ_CHECK(bundle.ok(), bundle.status().ToString());
     gd::EngineOptions options;  // gd-server's defaults (docs/flags.md)
-    options.max_batch = 32;
-    options.max_steps = 250;
-    options.max_classifier_scale = 100;
+    options.max_steps = gd::server::kDefaultMaxSteps;
+    options.max_classifier_scale = gd::server::kDefaultMaxClassifierScale;
     auto engine = gd::Engine::Create(*bundle, options);
     GD_FUZZ_CHECK(engine.ok(), engine.status().ToString());
     return std::shared_ptr<gd::Engine>(std::move(*engine));
@@ -66,7 +65,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   GD_FUZZ_CHECK(job->num_images() >= 1 && job->num_images() <= engine.max_images_per_request(),
                 "accepted " + std::to_string(job->num_images()) + " images");
-  GD_FUZZ_CHECK(job->classifier_scale >= 0 && job->classifier_scale <= 100,
+  GD_FUZZ_CHECK(job->classifier_scale >= 0 && job->classifier_scale <= gd::server::kDefaultMaxClassifierScale,
                 "accepted classifier_scale " + std::to_string(job->classifier_scale));
   return 0;
 }

@@ -23,6 +23,11 @@ inline constexpr size_t kMaxRespacingBytes = 1024;
 // Longest status message sent to a caller or written to the log; longer ones are cut.
 inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
+// gd-server's --max_steps and --max_classifier_scale defaults (docs/flags.md), shared with the
+// request fuzzer, which checks what a default server accepts.
+inline constexpr int kDefaultMaxSteps = 250;
+inline constexpr double kDefaultMaxClassifierScale = 100;
+
 // absl and gRPC share the canonical status codes. Messages are cut to kMaxStatusMessageBytes.
 grpc::Status ToGrpc(const absl::Status& status);
 // `status` with its message cut to kMaxStatusMessageBytes.

@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "core/engine/engine.h"
 #include "core/nn/model_bundle.h"
+#include "server/codec.h"
 #include "server/model_registry.h"
 #include "server/metrics.h"
 #include "server/sampler_service.h"
@@ -57,11 +58,11 @@ ABSL_FLAG(int, max_batch, 32, "Images (slots) per UNet forward.");
 ABSL_FLAG(int, max_queue_images, 256,
           "Images that may wait for a slot per model; beyond it requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_images_per_request, 0, "Images per request (0: --max_batch).");
-ABSL_FLAG(int, max_steps, 250,
+ABSL_FLAG(int, max_steps, gd::server::kDefaultMaxSteps,
           "Denoising steps per request: after respacing for DDPM/DDIM, model calls for DPM-Solver++ "
           "(0: no limit). 250 is the reference's sampling default; a full 1000-step DDPM run "
           "costs four times that and needs --max_steps 1000.");
-ABSL_FLAG(double, max_classifier_scale, 100,
+ABSL_FLAG(double, max_classifier_scale, gd::server::kDefaultMaxClassifierScale,
           "Largest classifier_scale accepted (0: no limit). The paper's scales are 0.5-10; far "
           "larger ones overflow the update and are refused up front.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest gRPC message received or sent.");
