@@ -248,8 +248,14 @@ TEST_F(SecurityTest, DeadlinesAreCountedAsDeadlineExceeded) {
   Served served(grpc::InsecureServerCredentials(), {});
   client::ClientOptions c;
   c.target = served.address();
-  c.timeout_ms = 300;
+  // Long enough for the call to reach the server on a loaded machine under ThreadSanitizer (with
+  // 300 ms, and the cores busy, it expired on the way in and the server never saw it to count),
+  // far shorter than 500 DDPM steps. Connected first, for the same reason.
+  c.timeout_ms = 2000;
   auto client = Client(c);
+  bool connected = false;
+  for (int i = 0; i < 50 && !connected; ++i) connected = client->ListModels().ok();
+  ASSERT_TRUE(connected);
   v1::SampleRequest slow = Quick();
   slow.set_timestep_respacing("500");
   EXPECT_EQ(client->Sample(slow).status().code(), absl::StatusCode::kDeadlineExceeded);
