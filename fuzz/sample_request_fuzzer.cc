@@ -65,7 +65,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   GD_FUZZ_CHECK(job->num_images() >= 1 && job->num_images() <= engine.max_images_per_request(),
                 "accepted " + std::to_string(job->num_images()) + " images");
-  GD_FUZZ_CHECK(job->classifier_scale >= 0 && job->classifier_scale <= gd::server::kDefaultMaxClassifierScale,
+  GD_FUZZ_CHECK(job->classifier_scale >= 0 &&
+                    job->classifier_scale <= gd::server::kDefaultMaxClassifierScale,
                 "accepted classifier_scale " + std::to_string(job->classifier_scale));
   return 0;
 }

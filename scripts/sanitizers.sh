@@ -9,9 +9,9 @@
 # linked as Debian ships them, uninstrumented: ASan still sees every heap access our code makes,
 # TSan every synchronisation our code does (so our own locks are std::mutex, not absl::Mutex),
 # and reports about memory those libraries synchronise themselves are suppressed by
-# scripts/tsan.supp, each with its reason. docs/reliability.md has the last runs' results. Each is a second full
-# build of the project, and instrumented runs are slower than the normal suite, which is why CI
-# runs the normal suite only.
+# scripts/tsan.supp, each with its reason; docs/reliability.md has the last runs' results. Each
+# is a second full build of the project, and instrumented runs are slower than the normal suite,
+# which is why CI runs the normal suite only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modes=("${1:-asan}")
