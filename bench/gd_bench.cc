@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/engine/engine.h"
+#include "core/io/bundled_model.h"
 #include "core/nn/flops.h"
 #include "core/nn/guidance.h"
 #include "core/nn/model_bundle.h"
@@ -378,7 +379,11 @@ absl::StatusOr<gd::ModelSpec> Spec() {
     return spec;
   }
   std::string dir = absl::GetFlag(FLAGS_model_dir);
-  if (dir.empty()) dir = "models/fashion-mnist";
+  if (dir.empty()) dir = gd::FindBundledModelDir("model.json");
+  if (dir.empty()) {
+    return absl::NotFoundError("the bundled model was not found (see gd-server's search in "
+                               "docs/flags.md); give --model_dir or --model_path");
+  }
   return gd::ReadModelDir(dir);
 }
 

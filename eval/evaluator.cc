@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/io/bundled_model.h"
 #include "core/io/image.h"
 #include "core/io/npy.h"
 #include "core/nn/checkpoint.h"
@@ -251,21 +252,8 @@ absl::StatusOr<Features> Evaluator::Compute(const torch::Tensor& images_uint8,
 }
 
 std::string FindBundledEvaluator() {
-  std::vector<fs::path> candidates;
-  std::error_code ec;
-  const fs::path exe = fs::canonical("/proc/self/exe", ec);
-  if (!ec) {
-    candidates.push_back(exe.parent_path() / "../../models/fashion-mnist");
-    candidates.push_back(exe.parent_path() / "../share/gd/models/fashion-mnist");
-  }
-  candidates.emplace_back("/usr/share/gd/models/fashion-mnist");
-  candidates.emplace_back("models/fashion-mnist");
-  for (const auto& c : candidates) {
-    if (fs::exists(c / "evaluator.json")) {
-      return fs::weakly_canonical(c / "evaluator.json").string();
-    }
-  }
-  return "";
+  const std::string dir = FindBundledModelDir("evaluator.json");
+  return dir.empty() ? "" : (fs::path(dir) / "evaluator.json").string();
 }
 
 }  // namespace gd::eval

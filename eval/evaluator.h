@@ -112,9 +112,8 @@ class Evaluator {
   std::string fingerprint_;
 };
 
-// Where the bundled model's evaluator is: models/fashion-mnist/evaluator.json beside the source
-// tree the binary was built from, the installed share folder, or the working directory; "" when
-// none exists.
+// The bundled model's evaluator.json, found as gd::FindBundledModelDir finds the bundled model
+// (so $GD_BUNDLED_MODEL counts here too); "" when there is none.
 std::string FindBundledEvaluator();
 
 }  // namespace gd::eval

@@ -59,8 +59,9 @@ absl::StatusOr<gd::eval::Evaluator> LoadEvaluator() {
   if (path.empty()) path = gd::eval::FindBundledEvaluator();
   if (path.empty()) {
     return absl::NotFoundError(
-        "no evaluator: models/fashion-mnist/evaluator.json was not found beside the build or in "
-        "the working directory; give --evaluator PATH/evaluator.json");
+        "no evaluator: models/fashion-mnist/evaluator.json was not found ($GD_BUNDLED_MODEL, "
+        "beside the build, /usr/share/gd/models or the working directory); give --evaluator "
+        "PATH/evaluator.json");
   }
   return gd::eval::Evaluator::Load(path);
 }

@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/engine/engine.h"
+#include "core/io/bundled_model.h"
 #include "core/nn/model_bundle.h"
 #include "server/codec.h"
 #include "server/model_registry.h"
@@ -93,27 +94,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Where the bundled model may be: beside the source tree a binary was built from, or where the
-// container image installs it.
-std::string FindBundledModel(const char* argv0) {
-  std::vector<fs::path> candidates;
-  if (const char* env = std::getenv("GD_BUNDLED_MODEL")) candidates.emplace_back(env);
-  std::error_code ec;
-  const fs::path exe = fs::canonical("/proc/self/exe", ec);
-  if (!ec) {
-    candidates.push_back(exe.parent_path() / "../../models/fashion-mnist");
-    candidates.push_back(exe.parent_path() / "../share/gd/models/fashion-mnist");
-  }
-  candidates.emplace_back("/usr/share/gd/models/fashion-mnist");
-  candidates.emplace_back("models/fashion-mnist");
-  for (const auto& c : candidates) {
-    if (fs::exists(c / "model.json")) return fs::weakly_canonical(c).string();
-  }
-  (void)argv0;
-  return "";
-}
-
-absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs(const char* argv0) {
+absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs() {
   std::vector<gd::ModelSpec> specs;
   const std::string model_path = absl::GetFlag(FLAGS_model_path);
   if (!model_path.empty()) {
@@ -135,7 +116,7 @@ absl::StatusOr<std::vector<gd::ModelSpec>> ModelSpecs(const char* argv0) {
     specs.push_back(spec);
   }
   if (specs.empty()) {
-    const std::string bundled = FindBundledModel(argv0);
+    const std::string bundled = gd::FindBundledModelDir("model.json");
     if (bundled.empty()) {
       return absl::NotFoundError(
           "no model given (--model_dir or --model_path) and the bundled model was not found "
@@ -199,7 +180,7 @@ int main(int argc, char** argv) {
     return Fail(absl::FailedPreconditionError(
         "--device cuda: this LibTorch has no CUDA, or no GPU is visible"));
   }
-  auto specs = ModelSpecs(argv[0]);
+  auto specs = ModelSpecs();
   if (!specs.ok()) return Fail(specs.status());
 
   auto credentials = gd::server::MakeServerCredentials(

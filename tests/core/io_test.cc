@@ -14,11 +14,13 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/io/bundled_model.h"
 #include "core/io/dataset.h"
 #include "core/io/formats/formats.h"
 #include "core/io/image.h"
@@ -713,6 +715,48 @@ TEST(SampleBatch, ShapeRangeLabelsAndSeededDeterminism) {
   // Without flips every ramp rises left to right.
   EXPECT_TRUE((plain_pixels.select(2, 5) > plain_pixels.select(2, 0)).all().item<bool>());
   EXPECT_EQ(SampleBatch(data, 0, no_flip, true).images.size(0), 0);
+}
+
+// ---- FindBundledModelDir ------------------------------------------------------------------------
+
+// Sets an environment variable for one test and restores it after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      setenv(name_, old_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(FindBundledModelDir, PrefersGdBundledModelWhenItHoldsTheFile) {
+  TempDir dir;
+  WriteRaw(dir.Path("model.json"), "{}");
+  ScopedEnv env("GD_BUNDLED_MODEL", dir.path());
+  EXPECT_EQ(FindBundledModelDir("model.json"), fs::weakly_canonical(dir.path()).string());
+}
+
+TEST(FindBundledModelDir, SkipsAFolderWithoutTheFileAndFindsTheSourceTreesModel) {
+  TempDir dir;
+  WriteRaw(dir.Path("model.json"), "{}");
+  ScopedEnv env("GD_BUNDLED_MODEL", dir.path());
+  // The test binary lives in build/bin, so the source tree's models/fashion-mnist is found next.
+  const std::string found = FindBundledModelDir("evaluator.json");
+  ASSERT_FALSE(found.empty());
+  EXPECT_NE(found, fs::weakly_canonical(dir.path()).string());
+  EXPECT_TRUE(fs::exists(fs::path(found) / "evaluator.json")) << found;
+  EXPECT_EQ(fs::path(found).filename(), "fashion-mnist");
+  EXPECT_EQ(FindBundledModelDir("no-such-file.json"), "");
 }
 
 }  // namespace
