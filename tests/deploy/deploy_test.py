@@ -62,6 +62,7 @@ class Server:
 
     def __init__(self, repo):
         main = read(repo, "server/server_main.cc")
+        bundled = read(repo, "core/io/bundled_model.cc")
         metrics = read(repo, "server/metrics.cc")
         # ABSL_FLAG(type, name, default, help): the type has no comma in this file.
         self.flags = {
@@ -74,8 +75,8 @@ class Server:
             for m in re.finditer(r'Header\(&out,\s*"(\w+)",\s*"\w+",\s*"([^"]*)"', metrics)
         }
         self.http_paths = set(re.findall(r'path == "(/[\w/]*)"', metrics))
-        # Where FindBundledModel looks for the bundled model (absolute candidates only).
-        self.bundled_model_dirs = set(re.findall(r'"(/[\w/.-]*models/fashion-mnist)"', main))
+        # Where FindBundledModelDir looks for the bundled model (absolute candidates only).
+        self.bundled_model_dirs = set(re.findall(r'"(/[\w/.-]*models/fashion-mnist)"', bundled))
         if not self.flags or not self.metric_help or not self.http_paths:
             sys.exit("deploy_test: cannot parse flags or metrics from server/*.cc; "
                      "update the regexes in deploy_test.py")
