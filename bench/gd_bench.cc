@@ -26,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/engine/allocator.h"
 #include "core/engine/engine.h"
 #include "core/io/bundled_model.h"
 #include "core/nn/flops.h"
@@ -392,6 +393,7 @@ absl::StatusOr<gd::ModelSpec> Spec() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("measures sampling throughput and latency; see docs/benchmarks.md");
   absl::ParseCommandLine(argc, argv);
+  const std::string memory = gd::ConfigureAllocator();
   const std::vector<int64_t> concurrency =
       ParseList("concurrency", absl::GetFlag(FLAGS_concurrency));
   const std::vector<int64_t> batches = ParseList("batches", absl::GetFlag(FLAGS_batches));
@@ -428,8 +430,9 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
-  std::printf("oneDNN %s, channels_last %s\n", absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
-              absl::GetFlag(FLAGS_channels_last) ? "on" : "off");
+  std::printf("oneDNN %s, channels_last %s, memory: %s\n",
+              absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
+              absl::GetFlag(FLAGS_channels_last) ? "on" : "off", memory.c_str());
   std::printf("requests: %s, classifier_scale %g\n", SamplerDescription().c_str(),
               m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
 

@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/engine/allocator.h"
 #include "eval/batch_stats.h"
 #include "eval/evaluator.h"
 #include "eval/scores.h"
@@ -159,6 +160,7 @@ int main(int argc, char** argv) {
       "Numbers are in the evaluator network's feature space: not comparable with published\n"
       "Inception-V3 (ImageNet) FIDs.");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  gd::ConfigureAllocator();
   if (positional.size() < 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
     return 2;

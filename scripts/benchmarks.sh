@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/benchmarks.md on this machine: the full gd-bench run (engine and
 # gRPC, concurrency 1..32 and batch requests 1..64), then the comparisons that chose the engine's
-# defaults (max_batch at 64 concurrent requests; oneDNN, channels-last, guidance cost at 32) and
-# the samplers' (DPM-Solver++ 15 steps against DDIM 50).
+# defaults (max_batch at 64 concurrent requests; oneDNN, channels-last, guidance cost and malloc
+# settings at 32) and the samplers' (DPM-Solver++ 15 steps against DDIM 50).
 # Results land in $OUT (default bench-results/) as JSON and Markdown, one pair per run.
 #
 #   scripts/benchmarks.sh [--seconds N] [extra gd-bench flags, e.g. --device cuda --dtype fp16]
@@ -33,6 +33,11 @@ done
 run mkldnn_off --mkldnn=false --concurrency 32 --batches "" --grpc=false "$@"
 run channels_last --channels_last --concurrency 32 --batches "" --grpc=false "$@"
 run unguided --classifier_scale 0 --concurrency 32 --batches "" --grpc=false "$@"
+# glibc's malloc defaults against the kept freed memory (the default), each twice, alternating.
+for i in 1 2; do
+  run "glibc_malloc_$i" --keep_freed_memory=false --concurrency 1,32 --batches "" --grpc=false "$@"
+  run "keep_freed_memory_$i" --concurrency 1,32 --batches "" --grpc=false "$@"
+done
 # DPM-Solver++ 15 steps against DDIM 50, guided at scale 3 (the sampler comparison).
 run sampler_ddim50 --sampler ddim --timestep_respacing ddim50 --classifier_scale 3 \
   --concurrency 1,32 --batches "" --grpc=false "$@"

@@ -10,6 +10,9 @@
 #   - one request of VS_BATCH images (default 8), and
 #   - VS_BATCH single-image requests: for gd-server all in flight at once (`gd sample
 #     --concurrency`), for the reference one after another (it serves one caller at a time).
+# VS_GD_FLAGS adds gd-server flags (e.g. "--keep_freed_memory=false" for glibc's malloc defaults);
+# VS_REF_KEEP_FREED_MEMORY=1 runs the reference with glibc's malloc set as gd-server sets it
+# (GLIBC_TUNABLES: mmap threshold 32 MiB, no trimming), to tell that setting from the rest.
 # Model loading is outside the timings; the reference gets a warm-up forward, gd-server one
 # warm-up request. Prints both times and the ratios (reference / gd-server, >1 = faster here).
 # Needs build/bin/{gd-server,gd} and Debian's python3-torch (/usr/bin/python3).
@@ -39,7 +42,12 @@ trap 'kill -KILL "${SERVER_PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 echo "settings: guided DDIM $RESPACING, scale $SCALE, batch $BATCH, $THREADS threads, float32, CPU"
 echo "reference ($REF_DIR, $(git -C "$REF_DIR" rev-parse --short HEAD 2>/dev/null || echo 'not git')):"
-"$PY" scripts/vs_reference.py --ref_dir "$REF_DIR" --model_path "$FIXTURE_DIR/model.pt" \
+REF_ENV=()
+if [ "${VS_REF_KEEP_FREED_MEMORY:-0}" = 1 ]; then
+  REF_ENV=(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647)
+  echo "reference with glibc malloc tuned as gd-server's --keep_freed_memory: ${REF_ENV[0]}"
+fi
+env "${REF_ENV[@]}" "$PY" scripts/vs_reference.py --ref_dir "$REF_DIR" --model_path "$FIXTURE_DIR/model.pt" \
   --classifier_path "$FIXTURE_DIR/classifier.pt" --model_flags "$MODEL_FLAGS" \
   --classifier_flags "$CLASSIFIER_FLAGS" --timestep_respacing "$RESPACING" \
   --classifier_scale "$SCALE" --batch "$BATCH" --threads "$THREADS" | tee "$WORK/reference.json"
@@ -48,7 +56,7 @@ PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); p
 "$BIN/gd-server" --model_name parity-64 --model_path "$FIXTURE_DIR/model.pt" \
   --model_flags "$MODEL_FLAGS" --classifier_path "$FIXTURE_DIR/classifier.pt" \
   --classifier_flags "$CLASSIFIER_FLAGS" --threads "$THREADS" --max_batch "$BATCH" \
-  --host 127.0.0.1 --port "$PORT" --metrics_port 0 >"$WORK/gd-server.log" 2>&1 &
+  --host 127.0.0.1 --port "$PORT" --metrics_port 0 ${VS_GD_FLAGS:-} >"$WORK/gd-server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 600); do
   grep -q "serving .* model" "$WORK/gd-server.log" && break
@@ -73,6 +81,7 @@ GD_BATCH=$(gd_sample "$BATCH" 1)
 GD_CONCURRENT=$(gd_sample 1 "$BATCH")
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" || true
+grep -o "memory: .*" "$WORK/gd-server.log" | head -1
 echo "gd-server: {\"batch_s\": $GD_BATCH, \"concurrent_s\": $GD_CONCURRENT}"
 "$PY" - "$WORK/reference.json" "$GD_BATCH" "$GD_CONCURRENT" "$BATCH" <<'EOF'
 import json, sys

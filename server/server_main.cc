@@ -28,6 +28,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/engine/allocator.h"
 #include "core/engine/engine.h"
 #include "core/io/bundled_model.h"
 #include "core/nn/model_bundle.h"
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
       "[--classifier_path C --classifier_flags \"...\"]] [--port 50051] [--device cpu]");
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  spdlog::info("memory: {}", gd::ConfigureAllocator());
 
   // Signals are handled by a dedicated thread (sigwait), never in an async handler.
   sigset_t signals;

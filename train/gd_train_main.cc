@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/engine/allocator.h"
 #include "core/nn/config.h"
 #include "core/train/trainer.h"
 #include "eval/evaluator.h"
@@ -64,6 +65,7 @@ void PrintHelp(gd::TrainKind kind) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gd::ConfigureAllocator();  // gd-train takes the reference's flags: always keeps freed memory
   const std::string usage =
       "usage: gd-train diffusion|classifier|evaluator --data PATH --out DIR [flags]\n"
       "       gd-train help diffusion|classifier|evaluator\n";

@@ -61,7 +61,8 @@ class Server:
     """Flags (name -> default as written in C++), metric names and HTTP paths of gd-server."""
 
     def __init__(self, repo):
-        main = read(repo, "server/server_main.cc")
+        # gd-server's flags: its own, and the allocator's it shares with the other binaries.
+        main = read(repo, "server/server_main.cc") + read(repo, "core/engine/allocator.cc")
         bundled = read(repo, "core/io/bundled_model.cc")
         metrics = read(repo, "server/metrics.cc")
         # ABSL_FLAG(type, name, default, help): the type has no comma in this file.
