@@ -7,7 +7,7 @@
 // threshold (128 KiB at first) are mapped and unmapped one by one, and the free top of each heap
 // is trimmed. A sampling step allocates and frees the same activation tensors (0.1-30 MB each)
 // at every step, so with those defaults every step faults its pages in again and the kernel
-// zeroes each one: a sampling gd-server took 40,000-60,000 page faults a second, under 100 with
+// zeroes each one: a sampling gd-server took 40,000-60,000 page faults a second, under 300 with
 // the memory kept; in process the guided step ran 1.2-1.6x faster (docs/benchmarks.md, "Freed
 // memory"). The cost: the resident size stays at the peak step's (10-15% more) instead of
 // falling between requests.

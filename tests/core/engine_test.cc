@@ -385,13 +385,14 @@ long MinorFaults() {
 
 // What a sampling step does to the heap: allocates, writes and frees blocks of a few MB, 128 MB
 // in all, and again at the next step. Returns the page faults of one such step.
+constexpr size_t kStepBlock = 16 << 20;
+constexpr int kStepBlocks = 8;
 long FaultsOfOneStep() {
-  constexpr size_t kBlock = 16 << 20;
   const long before = MinorFaults();
   std::vector<void*> blocks;
-  for (int i = 0; i < 8; ++i) {
-    blocks.push_back(std::malloc(kBlock));
-    std::memset(blocks.back(), i, kBlock);
+  for (int i = 0; i < kStepBlocks; ++i) {
+    blocks.push_back(std::malloc(kStepBlock));
+    std::memset(blocks.back(), i, kStepBlock);
   }
   for (void* block : blocks) std::free(block);
   return MinorFaults() - before;
@@ -402,7 +403,7 @@ TEST(Allocator, FreedMemoryIsReusedWithoutFaultingItInAgain) {
 #if defined(__GLIBC__)
   EXPECT_EQ(what, "freed memory kept for reuse (mmap threshold 32 MiB, no trimming)");
   FaultsOfOneStep();  // the first step maps its memory
-  const long pages = (8L * (16 << 20)) / 4096;
+  const long pages = static_cast<long>(kStepBlocks * kStepBlock / 4096);
   long later = 0;
   for (int step = 0; step < 4; ++step) later += FaultsOfOneStep();
   // glibc's defaults would unmap or trim all 128 MB after each step: ~32,768 faults per step.
