@@ -50,7 +50,9 @@ class JobObserver {
 
 // Lets the submitter cancel, from any thread and at any time: a queued job leaves the queue (and
 // its count) at once, a running one leaves the batch at the next iteration; either way the
-// observer then hears CANCELLED (DEADLINE_EXCEEDED when the job's deadline has passed).
+// observer then hears CANCELLED (DEADLINE_EXCEEDED when the job's deadline has passed or is less
+// than a second away: the caller's transport cancels at the caller's deadline, which the
+// server's copy trails by the call's transit time).
 class JobHandle {
  public:
   void Cancel();

@@ -305,6 +305,25 @@ TEST(EngineLifecycleTest, ACancelledRequestThatPassedItsDeadlineIsDeadlineExceed
   EXPECT_NE(std::string(r.status().message()).find("steps"), std::string::npos);
 }
 
+TEST(EngineLifecycleTest, ACancelJustBeforeTheDeadlineIsTheCallersDeadline) {
+  // The caller's deadline runs ahead of the server's copy by the call's transit time, so the
+  // caller's transport can cancel a little before the server's deadline; a cancel well before it
+  // is the caller's choice.
+  auto engine = MakeEngine();
+  SampleJob job = Dpm({1, 2}, 2, 200, 0, 0);
+  for (const auto [left, code] : {std::pair{milliseconds(500), absl::StatusCode::kDeadlineExceeded},
+                                  std::pair{milliseconds(30000), absl::StatusCode::kCancelled}}) {
+    auto recorder = std::make_shared<Recorder>();
+    job.deadline = Clock::now() + milliseconds(200) + left;
+    auto handle = engine->Submit(job, recorder);
+    ASSERT_TRUE(handle.ok());
+    std::this_thread::sleep_for(milliseconds(200));
+    (*handle)->Cancel();
+    auto r = recorder->Wait();
+    EXPECT_EQ(r.status().code(), code) << left.count() << " ms left: " << r.status();
+  }
+}
+
 TEST(EngineLifecycleTest, CancellingAMultistepRunFreesItsSlots) {
   auto engine = MakeEngine();
   auto recorder = std::make_shared<Recorder>();
