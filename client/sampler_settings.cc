@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status_macros.h"
 
@@ -158,6 +159,20 @@ std::string SamplerName(int kind) {
   }
   return v1::SamplerKind_IsValid(kind) ? v1::SamplerKind_Name(static_cast<v1::SamplerKind>(kind))
                                        : absl::StrCat("sampler ", kind);
+}
+
+std::string DescribeRequest(const v1::SampleRequest& request) {
+  const int64_t images = request.labels_size() > 0 ? request.labels_size() : request.num_samples();
+  std::string sampler = SamplerName(request.sampler());
+  std::string steps = absl::StrCat("\"", request.timestep_respacing(), "\"");
+  if (request.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP) {
+    absl::StrAppend(&sampler, " order ", request.solver_order() == 0 ? 2 : request.solver_order());
+    steps = absl::StrCat(request.steps());
+  }
+  return absl::StrFormat("model \"%s\", %d image%s, %s, steps %s, scale %g, seed %d",
+                         request.model().empty() ? "(default)" : request.model(), images,
+                         images == 1 ? "" : "s", sampler, steps, request.classifier_scale(),
+                         request.seed());
 }
 
 }  // namespace gd::client

@@ -35,6 +35,10 @@ absl::Status ApplySamplerSettings(const SamplerSettings& settings,
 // The CLI's name of a sampler kind: "ddpm", "ddim", "dpm++" (or the enum's name when unknown).
 std::string SamplerName(int kind);
 
+// A request in one line, for logs and reports:
+// model "m", 2 images, dpm++ order 2, steps 15, scale 3, seed 7 (ddpm and ddim: steps "ddim25").
+std::string DescribeRequest(const guided_diffusion::v1::SampleRequest& request);
+
 // The reference's respacing forms: "", "250", "ddim25", "10,20,30"; InvalidArgument otherwise.
 absl::Status CheckRespacing(absl::string_view respacing);
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/outputs.h"
+#include "client/sampler_settings.h"
 #include "core/status_macros.h"
 
 namespace gd::client {
@@ -43,33 +44,6 @@ void SendJson(http::Response& response, int status, absl::string_view json) {
 
 void SendError(http::Response& response, int status, const absl::Status& error) {
   SendJson(response, status, StatusJson(error));
-}
-
-// The sampler as the log and the page name it.
-std::string SamplerName(const v1::SampleRequest& request) {
-  switch (request.sampler()) {
-    case v1::SAMPLER_KIND_DDIM:
-      return "ddim";
-    case v1::SAMPLER_KIND_DPM_SOLVER_PP:
-      return absl::StrFormat("dpm++ order %d", request.solver_order() == 0
-                                                   ? 2
-                                                   : static_cast<int>(request.solver_order()));
-    default:
-      return "ddpm";
-  }
-}
-
-// A request in one line for the log: model "m", 2 images, ddim, steps "ddim25", scale 3, seed 7.
-std::string Describe(const v1::SampleRequest& request) {
-  const int images =
-      request.labels_size() > 0 ? request.labels_size() : static_cast<int>(request.num_samples());
-  const std::string steps = request.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP
-                                ? absl::StrCat(request.steps())
-                                : absl::StrCat("\"", request.timestep_respacing(), "\"");
-  return absl::StrFormat("model \"%s\", %d image%s, %s, steps %s, scale %g, seed %d",
-                         request.model().empty() ? "(default)" : request.model(), images,
-                         images == 1 ? "" : "s", SamplerName(request), steps,
-                         request.classifier_scale(), request.seed());
 }
 
 }  // namespace
@@ -274,7 +248,7 @@ void ViewServer::StartRun(const http::Request& request, http::Response& response
         });
     runs_.push_back(run);
   }
-  if (options_.log) absl::FPrintF(stderr, "gd view: run %s: %s\n", run->id(), Describe(sample));
+  if (options_.log) absl::FPrintF(stderr, "gd view: run %s: %s\n", run->id(), DescribeRequest(sample));
   SendJson(response, 200,
            absl::StrCat("{\"run_id\":", JsonQuote(run->id()), ",\"events\":",
                         JsonQuote(absl::StrCat("/api/runs/", run->id(), "/events")), "}"));

@@ -36,6 +36,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/gd_client.h"
+#include "client/sampler_settings.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "gd-server's gRPC address.");
 ABSL_FLAG(std::string, metrics, "",
@@ -245,17 +246,6 @@ absl::StatusOr<v1::SampleResponse> Call(gd::client::SamplerClient& client,
   return *result;
 }
 
-// A request's sampler settings in a few words, for the report.
-std::string Describe(const v1::SampleRequest& r) {
-  const int64_t images = r.labels_size() > 0 ? r.labels_size() : r.num_samples();
-  std::string sampler = r.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP
-                            ? absl::StrCat("dpm++ order ", r.solver_order(), " steps ", r.steps())
-                            : absl::StrCat(r.sampler() == v1::SAMPLER_KIND_DDIM ? "ddim " : "ddpm ",
-                                           r.timestep_respacing());
-  return absl::StrCat(sampler, ", scale ", absl::SixDigits(r.classifier_scale()), ", ", images,
-                      " images");
-}
-
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -323,7 +313,7 @@ class Recorder {
     ++f_.compared;
     if (difference > f_.max_difference) {
       f_.max_difference = difference;
-      f_.max_difference_request = Describe(p.request);
+      f_.max_difference_request = gd::client::DescribeRequest(p.request);
     }
     if (difference > kReproducibility) {
       f_.failures.push_back(absl::StrCat("request ", index, " differs from the same request by ",

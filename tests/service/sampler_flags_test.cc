@@ -126,6 +126,26 @@ TEST(SamplerSettingsTest, SamplerNames) {
   EXPECT_EQ(SamplerName(77), "sampler 77");
 }
 
+TEST(SamplerSettingsTest, DescribeRequestNamesEverySettingInOneLine) {
+  v1::SampleRequest request;
+  request.set_num_samples(1);
+  request.set_timestep_respacing("ddim25");
+  request.set_sampler(v1::SAMPLER_KIND_DDIM);
+  request.set_classifier_scale(2.5);
+  request.set_seed(7);
+  EXPECT_EQ(DescribeRequest(request),
+            "model \"(default)\", 1 image, ddim, steps \"ddim25\", scale 2.5, seed 7");
+  request.set_model("fm");
+  request.add_labels(1);
+  request.add_labels(2);
+  request.set_sampler(v1::SAMPLER_KIND_DPM_SOLVER_PP);
+  request.set_steps(15);
+  EXPECT_EQ(DescribeRequest(request),
+            "model \"fm\", 2 images, dpm++ order 2, steps 15, scale 2.5, seed 7");
+  request.set_solver_order(3);
+  EXPECT_THAT(DescribeRequest(request), HasSubstr("dpm++ order 3, steps 15"));
+}
+
 // ---- The CLI ------------------------------------------------------------------------------------
 
 TEST_F(CliTest, SampleSendsDpmSolverSettings) {
