@@ -8,6 +8,7 @@
 //   CHROMIUM     the browser binary
 //   STEPS        timestep_respacing of the sampling run (a few steps), e.g. ddim20
 //   LONG_STEPS   timestep_respacing of the run that is cancelled (long enough to cancel)
+//   RECOMMENDED_SCALE  the default_classifier_scale the page must start at, "none" for none
 import { createRequire } from "node:module";
 import { strict as assert } from "node:assert";
 import path from "node:path";
@@ -22,6 +23,7 @@ const METRICS_URL = env("METRICS_URL");
 const OUT_DIR = env("OUT_DIR");
 const STEPS = env("STEPS");
 const LONG_STEPS = env("LONG_STEPS");
+const RECOMMENDED_SCALE = env("RECOMMENDED_SCALE");  // the model's default scale, or "none"
 const { chromium } = createRequire(path.join(env("NODE_DIR"), "node_modules", "x.js"))("playwright-core");
 
 const SAMPLING_TIMEOUT_MS = 300_000;  // CPU sampling on a shared machine is slow
@@ -94,12 +96,19 @@ async function main() {
     assert.ok(model, "a model is selected");
     assert.ok(classOptions > 1, "the class picker lists the classes");
     const hasClassifier = await page.$eval("#scale", (el) => !el.disabled);
-    // The scale starts at the model's recommended one (GetModel's default_classifier_scale).
+    // The scale starts at the model's recommended one (model.json's default_classifier_scale,
+    // passed on by GetModel), and the hint names it.
     const listed = await page.evaluate(async () => (await (await fetch("/api/models")).json()));
-    const recommended = Number(listed.models.find((m) => m.name === model).default_classifier_scale || 0);
-    if (hasClassifier && recommended > 0) {
-      assert.equal(Number(await page.$eval("#scale", (el) => el.value)), recommended,
+    const reported = listed.models.find((m) => m.name === model).default_classifier_scale;
+    if (RECOMMENDED_SCALE === "none") {
+      assert.ok(!reported, `no recommended scale is reported (got ${reported})`);
+    } else {
+      assert.ok(hasClassifier, "the model with a recommended scale has a classifier");
+      assert.equal(Number(reported), Number(RECOMMENDED_SCALE), "GetModel reports model.json's scale");
+      assert.equal(Number(await page.$eval("#scale", (el) => el.value)), Number(RECOMMENDED_SCALE),
                    "the scale slider starts at the model's recommended scale");
+      assert.ok((await page.$eval("#scale-hint", (el) => el.textContent)).includes(
+                    `${RECOMMENDED_SCALE} recommended`), "the hint names the recommended scale");
     }
 
     // ---- A sampling run: intermediate frames, then the final grid ----

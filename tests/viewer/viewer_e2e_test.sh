@@ -55,12 +55,16 @@ MODEL_ARGS=()
 if [ -f "$REPO_ROOT/models/fashion-mnist/model.json" ]; then
   MODEL_ARGS=(--model_dir "$REPO_ROOT/models/fashion-mnist")
   STEPS=ddim20 LONG_STEPS=1000
+  # The scale the page must start at: model.json's recommendation, as GetModel passes it on.
+  RECOMMENDED_SCALE=$(node -e 'const m = require(require("path").resolve(process.argv[1]));
+                           console.log(m.default_classifier_scale ?? "none")' \
+                        "$REPO_ROOT/models/fashion-mnist/model.json")
 elif [ -f "$FIXTURES_DIR/parity-64/fixture.json" ]; then
   FIXTURE=$FIXTURES_DIR/parity-64
   flag() { node -e 'console.log(require(process.argv[1])[process.argv[2]])' "$FIXTURE/fixture.json" "$1"; }
   MODEL_ARGS=(--model_name parity-64 --model_path "$FIXTURE/model.pt" --model_flags "$(flag model_flags)"
               --classifier_path "$FIXTURE/classifier.pt" --classifier_flags "$(flag classifier_flags)")
-  STEPS=ddim10 LONG_STEPS=1000
+  STEPS=ddim10 LONG_STEPS=1000 RECOMMENDED_SCALE=none
 else
   skip "no model: neither $REPO_ROOT/models/fashion-mnist nor $FIXTURES_DIR/parity-64"
 fi
@@ -121,7 +125,7 @@ echo "gd view at $VIEW_URL, gd-server at 127.0.0.1:$GRPC_PORT (metrics :$METRICS
 # ---- The browser ----
 VIEW_URL=$VIEW_URL METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics" OUT_DIR=$OUT_DIR \
   NODE_DIR=$NODE_DIR CHROMIUM=$CHROMIUM STEPS=$STEPS LONG_STEPS=$LONG_STEPS \
-  node "$(dirname "$0")/viewer.spec.mjs"
+  RECOMMENDED_SCALE=$RECOMMENDED_SCALE node "$(dirname "$0")/viewer.spec.mjs"
 
 # gd view stops cleanly on SIGTERM.
 kill -TERM "$VIEW_PID"
