@@ -1,5 +1,6 @@
 // Process-wide memory allocator settings for the binaries that run the networks (gd-server,
-// gd-bench, gd-train, gd-eval), behind one flag they all share:
+// gd-bench, gd-train, gd-eval, and the test suites' main, tests/testing/main.cc), behind one flag
+// they all share:
 //
 //   --keep_freed_memory (default true)
 //
