@@ -248,7 +248,9 @@ void ViewServer::StartRun(const http::Request& request, http::Response& response
         });
     runs_.push_back(run);
   }
-  if (options_.log) absl::FPrintF(stderr, "gd view: run %s: %s\n", run->id(), DescribeRequest(sample));
+  if (options_.log) {
+    absl::FPrintF(stderr, "gd view: run %s: %s\n", run->id(), DescribeRequest(sample));
+  }
   SendJson(response, 200,
            absl::StrCat("{\"run_id\":", JsonQuote(run->id()), ",\"events\":",
                         JsonQuote(absl::StrCat("/api/runs/", run->id(), "/events")), "}"));

@@ -104,7 +104,8 @@ async function main() {
       assert.ok(!reported, `no recommended scale is reported (got ${reported})`);
     } else {
       assert.ok(hasClassifier, "the model with a recommended scale has a classifier");
-      assert.equal(Number(reported), Number(RECOMMENDED_SCALE), "GetModel reports model.json's scale");
+      assert.equal(Number(reported), Number(RECOMMENDED_SCALE),
+                   "GetModel reports model.json's scale");
       assert.equal(Number(await page.$eval("#scale", (el) => el.value)), Number(RECOMMENDED_SCALE),
                    "the scale slider starts at the model's recommended scale");
       assert.ok((await page.$eval("#scale-hint", (el) => el.textContent)).includes(
