@@ -290,19 +290,25 @@ TEST(EngineLifecycleTest, DeadRequestsLeaveTheQueueAndItsCountAtOnce) {
   EXPECT_EQ(b.engine->stats().jobs_cancelled, 4);  // 2 cancelled, 1 expired, the head
 }
 
+// How a 200-step run with the given deadline ends when its submitter cancels it `cancel_after`
+// the submission (as gRPC does at the caller's deadline).
+absl::Status StatusOfACancel(Engine& engine, milliseconds deadline_in, milliseconds cancel_after) {
+  auto recorder = std::make_shared<Recorder>();
+  SampleJob job = Dpm({1, 2}, 2, 200, 0, 0);
+  job.deadline = Clock::now() + deadline_in;
+  auto handle = engine.Submit(job, recorder);
+  if (!handle.ok()) return handle.status();
+  std::this_thread::sleep_for(cancel_after);
+  (*handle)->Cancel();
+  return recorder->Wait().status();
+}
+
 TEST(EngineLifecycleTest, ACancelledRequestThatPassedItsDeadlineIsDeadlineExceeded) {
   // What gRPC does at a deadline: it cancels the call. The engine reports why.
   auto engine = MakeEngine();
-  auto recorder = std::make_shared<Recorder>();
-  SampleJob job = Dpm({1, 2}, 2, 200, 0, 0);
-  job.deadline = Clock::now() + milliseconds(400);
-  auto handle = engine->Submit(job, recorder);
-  ASSERT_TRUE(handle.ok());
-  std::this_thread::sleep_for(milliseconds(500));
-  (*handle)->Cancel();
-  auto r = recorder->Wait();
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
-  EXPECT_NE(std::string(r.status().message()).find("steps"), std::string::npos);
+  const absl::Status status = StatusOfACancel(*engine, milliseconds(400), milliseconds(500));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_NE(std::string(status.message()).find("steps"), std::string::npos);
 }
 
 TEST(EngineLifecycleTest, ACancelJustBeforeTheDeadlineIsTheCallersDeadline) {
@@ -310,17 +316,11 @@ TEST(EngineLifecycleTest, ACancelJustBeforeTheDeadlineIsTheCallersDeadline) {
   // caller's transport can cancel a little before the server's deadline; a cancel well before it
   // is the caller's choice.
   auto engine = MakeEngine();
-  SampleJob job = Dpm({1, 2}, 2, 200, 0, 0);
   for (const auto [left, code] : {std::pair{milliseconds(500), absl::StatusCode::kDeadlineExceeded},
                                   std::pair{milliseconds(30000), absl::StatusCode::kCancelled}}) {
-    auto recorder = std::make_shared<Recorder>();
-    job.deadline = Clock::now() + milliseconds(200) + left;
-    auto handle = engine->Submit(job, recorder);
-    ASSERT_TRUE(handle.ok());
-    std::this_thread::sleep_for(milliseconds(200));
-    (*handle)->Cancel();
-    auto r = recorder->Wait();
-    EXPECT_EQ(r.status().code(), code) << left.count() << " ms left: " << r.status();
+    const absl::Status status =
+        StatusOfACancel(*engine, milliseconds(200) + left, milliseconds(200));
+    EXPECT_EQ(status.code(), code) << left.count() << " ms left: " << status;
   }
 }
 
