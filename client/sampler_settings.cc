@@ -10,14 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "core/engine/solver_order.h"
 #include "core/status_macros.h"
 
 namespace gd::client {
 namespace {
 
 namespace v1 = ::guided_diffusion::v1;
-
-constexpr uint32_t kMaxSolverOrder = 3;
 
 constexpr std::pair<absl::string_view, v1::SamplerKind> kSamplers[] = {
     {"ddpm", v1::SAMPLER_KIND_DDPM},
@@ -73,7 +72,8 @@ absl::Status ApplyDpmSolverSettings(const SamplerSettings& settings, v1::SampleR
   }
   if (settings.solver_order > kMaxSolverOrder) {
     return absl::InvalidArgumentError(absl::StrCat("--solver_order = ", settings.solver_order,
-                                                   " is not 1, 2 or 3 (0 = the server's: 2)"));
+                                                   " is not 1, 2 or 3 (0 = the server's: ",
+                                                   kDefaultSolverOrder, ")"));
   }
   request.set_steps(settings.steps);
   request.set_solver_order(settings.solver_order);
@@ -166,7 +166,7 @@ std::string DescribeRequest(const v1::SampleRequest& request) {
   std::string sampler = SamplerName(request.sampler());
   std::string steps = absl::StrCat("\"", request.timestep_respacing(), "\"");
   if (request.sampler() == v1::SAMPLER_KIND_DPM_SOLVER_PP) {
-    absl::StrAppend(&sampler, " order ", request.solver_order() == 0 ? 2 : request.solver_order());
+    absl::StrAppend(&sampler, " order ", EffectiveSolverOrder(request.solver_order()));
     steps = absl::StrCat(request.steps());
   }
   return absl::StrFormat("model \"%s\", %d image%s, %s, steps %s, scale %g, seed %d",

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/diffusion/schedule.h"
 #include "core/engine/sampler.h"
+#include "core/engine/solver_order.h"
 #include "core/status_macros.h"
 
 namespace gd {
@@ -54,7 +55,7 @@ class DpmSolverRun : public SamplerRun {
  private:
   std::vector<std::array<float, kColumns>> columns_;
   std::vector<double> model_t_, network_t_;
-  int64_t order_ = 2;
+  int64_t order_ = kDefaultSolverOrder;
   std::deque<torch::Tensor> history_;  // newest first, at most order - 1
 };
 
@@ -68,7 +69,7 @@ class DpmSolverSampler : public Sampler {
   absl::StatusOr<std::unique_ptr<SamplerRun>> Start(const SampleJob& job,
                                                     int64_t max_steps) const override {
     RETURN_IF_ERROR(Check(job, max_steps));
-    const int64_t order = job.solver_order == 0 ? 2 : job.solver_order;
+    const int64_t order = EffectiveSolverOrder(job.solver_order);
     const double t_max = static_cast<double>(config_.diffusion_steps);
     // The reference calls the networks at (t - 1/N) * 1000, for models of T = 1000 steps; on
     // the model's own scale that is (t - 1/N) * T, and * 1000 when it rescales timesteps.
@@ -118,9 +119,10 @@ class DpmSolverSampler : public Sampler {
           "timestep_respacing \"", job.timestep_respacing.substr(0, 64), "\" applies to DDPM and "
           "DDIM; DPM-Solver++ takes steps (and skip_type)"));
     }
-    if (job.solver_order < 0 || job.solver_order > 3) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("solver_order = ", job.solver_order, " is not 1, 2 or 3 (0 means 2)"));
+    if (job.solver_order < 0 || job.solver_order > kMaxSolverOrder) {
+      return absl::InvalidArgumentError(absl::StrCat("solver_order = ", job.solver_order,
+                                                     " is not 1, 2 or 3 (0 means ",
+                                                     kDefaultSolverOrder, ")"));
     }
     const int64_t limit = max_steps > 0 ? max_steps : kMaxSteps;
     if (job.steps < 1 || job.steps > limit) {
@@ -128,7 +130,7 @@ class DpmSolverSampler : public Sampler {
           "steps = ", job.steps, " is outside [1, ", limit, "]: DPM-Solver++ needs its number of "
           "model calls (10-20 is typical)"));
     }
-    const int64_t order = job.solver_order == 0 ? 2 : job.solver_order;
+    const int64_t order = EffectiveSolverOrder(job.solver_order);
     if (job.steps < order) {
       return absl::InvalidArgumentError(absl::StrCat("steps = ", job.steps, " is below solver_order = ",
                                                      order, "; a multistep run needs steps >= order"));
