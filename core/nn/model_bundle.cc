@@ -26,6 +26,32 @@ absl::Status LoadWeights(Net& net, const std::string& path, const std::string& w
   return LoadStateDict(*net, state, what, path);
 }
 
+// Runs the networks once at batch 1 in their precision, gradient included, so that a LibTorch
+// without a kernel they need there (LibTorch 1.13 has no float16 convolutions on CPU) is reported
+// when the model loads, naming the precision, rather than by every request.
+absl::Status CheckKernels(ModelBundle& bundle, const std::string& context) {
+  if (bundle.precision == Precision::kFloat32) return absl::OkStatus();
+  try {
+    const auto options = torch::TensorOptions().device(bundle.device);
+    const torch::Tensor x =
+        torch::zeros({1, bundle.channels(), bundle.image_size(), bundle.image_size()}, options);
+    const torch::Tensor t = torch::zeros({1}, options);
+    const torch::Tensor y = torch::zeros({1}, options.dtype(torch::kInt64));
+    {
+      torch::NoGradGuard no_grad;
+      bundle.unet->forward(x, t, bundle.class_conditional() ? y : torch::Tensor());
+    }
+    if (bundle.classifier) ClassifierGradient(bundle.classifier, x, t, y, torch::ones({1}, options));
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    return absl::InvalidArgumentError(absl::StrCat(
+        context, ": ", ToString(bundle.precision), " on ", bundle.device.str(),
+        " is not supported by this LibTorch (", what.substr(0, what.find('\n')), "); use ",
+        bundle.device.is_cpu() ? "bf16 or fp32 on CPU" : "fp32"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t ModelBundle::num_classes() const {
@@ -199,6 +225,7 @@ absl::StatusOr<std::shared_ptr<ModelBundle>> LoadModelBundle(const ModelSpec& sp
                                                    " class names for ", bundle->num_classes(),
                                                    " classes"));
   }
+  RETURN_IF_ERROR(CheckKernels(*bundle, context));
   return bundle;
 }
 

@@ -3,10 +3,12 @@
 #include <filesystem>
 #include <future>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "core/engine/engine.h"
 #include "core/nn/model_bundle.h"
+#include "core/status_macros.h"
 #include "tests/testing/testing.h"
 
 namespace gd {
@@ -18,13 +20,44 @@ class Waiter : public JobObserver {
   std::promise<absl::StatusOr<JobResult>> done;
 };
 
+absl::StatusOr<std::shared_ptr<ModelBundle>> LoadBundled(Precision precision) {
+  ASSIGN_OR_RETURN(ModelSpec spec, ReadModelDir(testing::SourceDir() + "/models/fashion-mnist"));
+  return LoadModelBundle(spec, torch::kCPU, precision);
+}
+
 std::shared_ptr<ModelBundle> Bundled() {
-  auto spec = ReadModelDir(testing::SourceDir() + "/models/fashion-mnist");
-  EXPECT_TRUE(spec.ok()) << spec.status();
-  if (!spec.ok()) return nullptr;
-  auto bundle = LoadModelBundle(*spec, torch::kCPU, Precision::kFloat32);
+  auto bundle = LoadBundled(Precision::kFloat32);
   EXPECT_TRUE(bundle.ok()) << bundle.status();
   return bundle.ok() ? *bundle : nullptr;
+}
+
+bool CpuHasHalfConvolutions() {
+  try {
+    const auto half = torch::TensorOptions().dtype(torch::kFloat16);
+    torch::conv2d(torch::zeros({1, 1, 4, 4}, half), torch::zeros({1, 1, 3, 3}, half));
+    return true;
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+// A precision this LibTorch cannot run on the CPU is refused when the model loads, not by every
+// request (gd-server would otherwise serve, and fail, each one).
+TEST(BundledModel, APrecisionWithoutKernelsOnTheDeviceIsRefusedAtLoad) {
+  if (CpuHasHalfConvolutions()) GTEST_SKIP() << "this LibTorch has float16 convolutions on CPU";
+  auto bundle = LoadBundled(Precision::kFloat16);
+  ASSERT_FALSE(bundle.ok());
+  EXPECT_EQ(bundle.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bundle.status().message()),
+              ::testing::AllOf(::testing::HasSubstr("fp16 on cpu is not supported by this LibTorch"),
+                               ::testing::HasSubstr("use bf16 or fp32 on CPU"),
+                               ::testing::Not(::testing::HasSubstr("frame #"))));
+}
+
+TEST(BundledModel, LoadsInBFloat16OnTheCpu) {
+  auto bundle = LoadBundled(Precision::kBFloat16);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  EXPECT_EQ((*bundle)->precision, Precision::kBFloat16);
 }
 
 TEST(BundledModel, DescribesAnUnconditionalGreyModelWithANoisyClassifier) {
