@@ -41,7 +41,9 @@ absl::Status CheckKernels(ModelBundle& bundle, const std::string& context) {
       torch::NoGradGuard no_grad;
       bundle.unet->forward(x, t, bundle.class_conditional() ? y : torch::Tensor());
     }
-    if (bundle.classifier) ClassifierGradient(bundle.classifier, x, t, y, torch::ones({1}, options));
+    if (bundle.classifier) {
+      ClassifierGradient(bundle.classifier, x, t, y, torch::ones({1}, options));
+    }
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     return absl::InvalidArgumentError(absl::StrCat(

@@ -48,10 +48,11 @@ TEST(BundledModel, APrecisionWithoutKernelsOnTheDeviceIsRefusedAtLoad) {
   auto bundle = LoadBundled(Precision::kFloat16);
   ASSERT_FALSE(bundle.ok());
   EXPECT_EQ(bundle.status().code(), absl::StatusCode::kInvalidArgument);
+  using ::testing::HasSubstr;
   EXPECT_THAT(std::string(bundle.status().message()),
-              ::testing::AllOf(::testing::HasSubstr("fp16 on cpu is not supported by this LibTorch"),
-                               ::testing::HasSubstr("use bf16 or fp32 on CPU"),
-                               ::testing::Not(::testing::HasSubstr("frame #"))));
+              ::testing::AllOf(HasSubstr("fp16 on cpu is not supported by this LibTorch"),
+                               HasSubstr("use bf16 or fp32 on CPU"),
+                               ::testing::Not(HasSubstr("frame #"))));
 }
 
 TEST(BundledModel, LoadsInBFloat16OnTheCpu) {
