@@ -33,6 +33,7 @@
 #include "core/nn/guidance.h"
 #include "core/nn/model_bundle.h"
 #include "core/nn/op_profile.h"
+#include "core/status_macros.h"
 #include "bench/profile_report.h"
 
 #ifdef GD_BENCH_GRPC
@@ -225,16 +226,18 @@ std::string SamplerDescription() {
 }
 
 // A request submitter: returns the latency of one request of `images` images, or <0 on error.
-using Submitter = std::function<double(int64_t images, uint64_t seed)>;
+using Submitter = std::function<absl::StatusOr<double>(int64_t images, uint64_t seed)>;
 
 class Waiter : public gd::JobObserver {
  public:
-  void OnFinished(absl::StatusOr<gd::JobResult> result) override { done.set_value(result.ok()); }
-  std::promise<bool> done;
+  void OnFinished(absl::StatusOr<gd::JobResult> result) override {
+    done.set_value(result.status());
+  }
+  std::promise<absl::Status> done;
 };
 
 Submitter EngineSubmitter(gd::Engine& engine, const gd::ModelBundle& m) {
-  return [&engine, &m](int64_t images, uint64_t seed) -> double {
+  return [&engine, &m](int64_t images, uint64_t seed) -> absl::StatusOr<double> {
     gd::SampleJob job;
     for (int64_t i = 0; i < images; ++i) job.labels.push_back(i % std::max<int64_t>(1, m.num_classes()));
     if (m.num_classes() == 0) {
@@ -247,8 +250,8 @@ Submitter EngineSubmitter(gd::Engine& engine, const gd::ModelBundle& m) {
     auto waiter = std::make_shared<Waiter>();
     auto future = waiter->done.get_future();
     const auto start = Clock::now();
-    if (!engine.Submit(job, waiter).ok()) return -1;
-    if (!future.get()) return -1;
+    RETURN_IF_ERROR(engine.Submit(job, waiter).status());
+    RETURN_IF_ERROR(future.get());
     return std::chrono::duration<double>(Clock::now() - start).count();
   };
 }
@@ -261,7 +264,8 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
   const gd::EngineStats before = engine.stats();
   std::mutex mu;
   std::vector<double> latencies;
-  std::atomic<int64_t> errors{0};
+  int64_t errors = 0;
+  absl::Status first_error;
   const auto start = Clock::now();
   const auto end = start + std::chrono::duration<double>(duration);
   std::vector<std::thread> threads;
@@ -269,13 +273,13 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
     threads.emplace_back([&, c] {
       uint64_t seed = static_cast<uint64_t>(c) << 32;
       do {
-        const double latency = submit(images, seed++);
-        if (latency < 0) {
-          ++errors;
+        const absl::StatusOr<double> latency = submit(images, seed++);
+        std::lock_guard<std::mutex> lock(mu);
+        if (!latency.ok()) {
+          if (errors++ == 0) first_error = latency.status();
           return;
         }
-        std::lock_guard<std::mutex> lock(mu);
-        latencies.push_back(latency);
+        latencies.push_back(*latency);
       } while (Clock::now() < end);
     });
   }
@@ -304,7 +308,10 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
   r.p50 = Percentile(latencies, 0.50);
   r.p95 = Percentile(latencies, 0.95);
   r.p99 = Percentile(latencies, 0.99);
-  if (errors > 0) std::cerr << "gd-bench: " << errors << " requests failed\n";
+  if (errors > 0) {
+    std::cerr << "gd-bench: " << errors << " request(s) failed, the first with " << first_error
+              << "\n";
+  }
   return r;
 }
 
@@ -327,27 +334,29 @@ int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::
       std::cerr << "gd-bench: --profile " << images << " is more than --max_batch\n";
       return 2;
     }
-    if (submit(images, 1) < 0) {
-      std::cerr << "gd-bench: the warm-up request of " << images << " images failed\n";
+    if (absl::StatusOr<double> warm_up = submit(images, 1); !warm_up.ok()) {
+      std::cerr << "gd-bench: the warm-up request of " << images << " images failed with "
+                << warm_up.status() << "\n";
       return 1;
     }
     const gd::EngineStats before = engine.stats();
-    double seconds = 0;
+    absl::StatusOr<double> seconds;
     gd::OpProfile::Table table;
     {
       gd::OpProfile profile;
       seconds = submit(images, 1);
       table = profile.table();
     }
-    if (seconds < 0) {
-      std::cerr << "gd-bench: the profiled request of " << images << " images failed\n";
+    if (!seconds.ok()) {
+      std::cerr << "gd-bench: the profiled request of " << images << " images failed with "
+                << seconds.status() << "\n";
       return 1;
     }
     gd::bench::ProfileRun run;
     run.title = absl::StrFormat("batch %d, %s, classifier_scale %g", images, SamplerDescription(),
                                 m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
     run.steps = engine.stats().iterations - before.iterations;
-    run.seconds = seconds;
+    run.seconds = *seconds;
     run.peak_gflops = peak;
     std::printf("%s\n", gd::bench::FormatProfileText(run, table).c_str());
     std::fflush(stdout);
@@ -449,7 +458,11 @@ int main(int argc, char** argv) {
   std::shared_ptr<gd::Engine> engine(std::move(*created));
   std::vector<Result> results;
   const Submitter in_process = EngineSubmitter(*engine, m);
-  in_process(1, 0);  // warm up (allocator, oneDNN primitives)
+  // Warm up (allocator, oneDNN primitives); a request that fails here fails in every scenario.
+  if (absl::StatusOr<double> warm_up = in_process(1, 0); !warm_up.ok()) {
+    std::cerr << "gd-bench: the warm-up request failed with " << warm_up.status() << "\n";
+    return 1;
+  }
   if (!absl::GetFlag(FLAGS_profile).empty()) {
     if (!device.is_cpu()) {
       std::cerr << "gd-bench: --profile times operators on the CPU; on CUDA it would time kernel "
@@ -490,7 +503,7 @@ int main(int argc, char** argv) {
     client_options.target = absl::StrCat("127.0.0.1:", port);
     auto client = gd::client::SamplerClient::Create(client_options);
     if (server && client.ok()) {
-      const Submitter over_grpc = [&](int64_t images, uint64_t seed) -> double {
+      const Submitter over_grpc = [&](int64_t images, uint64_t seed) -> absl::StatusOr<double> {
         guided_diffusion::v1::SampleRequest request;
         for (int64_t i = 0; i < images; ++i) request.add_labels(i % std::max<int64_t>(1, m.num_classes()));
         if (m.num_classes() == 0) {
@@ -501,7 +514,7 @@ int main(int argc, char** argv) {
         SetSampler(request);
         request.set_seed(seed);
         const auto start = Clock::now();
-        if (!(*client)->Sample(request).ok()) return -1;
+        RETURN_IF_ERROR((*client)->Sample(request).status());
         return std::chrono::duration<double>(Clock::now() - start).count();
       };
       run_scenarios("grpc", over_grpc);
