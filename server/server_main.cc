@@ -31,6 +31,7 @@
 #include "core/engine/allocator.h"
 #include "core/engine/engine.h"
 #include "core/io/bundled_model.h"
+#include "core/nn/cpu_features.h"
 #include "core/nn/model_bundle.h"
 #include "server/codec.h"
 #include "server/model_registry.h"
@@ -265,6 +266,11 @@ int main(int argc, char** argv) {
                      : std::string(" (no classifier)"),
                  (*bundle)->channels(), (*bundle)->image_size(), (*bundle)->image_size(),
                  gd::ToString(*precision), device.str());
+  }
+  if (*precision == gd::Precision::kBFloat16 && device.is_cpu() && !gd::CpuHasBf16Instructions()) {
+    spdlog::warn("--dtype bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16 in "
+                 "/proc/cpuinfo): oneDNN emulates them, slower than fp32 and less accurate; "
+                 "use fp32 here");
   }
   health->SetServingStatus(true);
   ready = true;
