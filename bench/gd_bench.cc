@@ -225,7 +225,7 @@ std::string SamplerDescription() {
                       absl::GetFlag(FLAGS_steps), " steps ", gd::ToString(SkipTypeFlag()));
 }
 
-// A request submitter: returns the latency of one request of `images` images, or <0 on error.
+// A request submitter: the latency of one request of `images` images, or the status it failed with.
 using Submitter = std::function<absl::StatusOr<double>(int64_t images, uint64_t seed)>;
 
 class Waiter : public gd::JobObserver {
