@@ -267,7 +267,7 @@ int main(int argc, char** argv) {
                  (*bundle)->channels(), (*bundle)->image_size(), (*bundle)->image_size(),
                  gd::ToString(*precision), device.str());
   }
-  if (*precision == gd::Precision::kBFloat16 && device.is_cpu() && !gd::CpuHasBf16Instructions()) {
+  if (device.is_cpu() && gd::CpuEmulates(*precision)) {
     spdlog::warn("--dtype bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16 in "
                  "/proc/cpuinfo): oneDNN emulates them, slower than fp32 and less accurate; "
                  "use fp32 here");

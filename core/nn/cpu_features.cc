@@ -19,11 +19,18 @@ bool CpuinfoListsBf16(absl::string_view cpuinfo) {
 }
 
 bool CpuHasBf16Instructions() {
-  std::ifstream in("/proc/cpuinfo");
-  if (!in) return true;
-  std::stringstream text;
-  text << in.rdbuf();
-  return CpuinfoListsBf16(text.str());
+  static const bool has = [] {
+    std::ifstream in("/proc/cpuinfo");
+    if (!in) return true;
+    std::stringstream text;
+    text << in.rdbuf();
+    return CpuinfoListsBf16(text.str());
+  }();
+  return has;
+}
+
+bool CpuEmulates(Precision precision) {
+  return precision == Precision::kBFloat16 && !CpuHasBf16Instructions();
 }
 
 }  // namespace gd

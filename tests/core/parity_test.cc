@@ -113,8 +113,7 @@ class ParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
     GD_REQUIRE_PARITY_FIXTURES();
-    if (TestPrecision() == Precision::kBFloat16 && TestDevice().is_cpu() &&
-        !CpuHasBf16Instructions()) {
+    if (TestDevice().is_cpu() && CpuEmulates(TestPrecision())) {
       GTEST_SKIP() << "bf16 on a CPU without bf16 instructions is emulated, with errors 3-6x "
                       "those the bf16 tolerances were set for (docs/benchmarks.md, bf16 on CPU)";
     }
