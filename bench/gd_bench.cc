@@ -66,6 +66,9 @@ ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one request at a time.");
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
+ABSL_FLAG(int, lanes, 0,
+          "Engine lanes: sub-batches of each batch run side by side on shares of --threads "
+          "(0: gd-server's default; 1 with --profile).");
 ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
 ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
 ABSL_FLAG(bool, mkldnn, true,
@@ -439,9 +442,16 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
-  std::printf("oneDNN %s, channels_last %s, memory: %s\n",
+  // A profile books each operator on whatever thread ran it, so lanes running side by side would
+  // add up to more than the step: it takes one lane unless told otherwise.
+  const bool profiling = !absl::GetFlag(FLAGS_profile).empty();
+  const int64_t lanes = absl::GetFlag(FLAGS_lanes) > 0 ? absl::GetFlag(FLAGS_lanes)
+                        : profiling                    ? 1
+                                                       : gd::DefaultLanes(device, threads);
+  std::printf("oneDNN %s, channels_last %s, lanes %lld, memory: %s\n",
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
-              absl::GetFlag(FLAGS_channels_last) ? "on" : "off", memory.c_str());
+              absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),
+              memory.c_str());
   std::printf("requests: %s, classifier_scale %g\n", SamplerDescription().c_str(),
               m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
 
@@ -450,6 +460,8 @@ int main(int argc, char** argv) {
   options.max_queue_images = 4096;
   options.max_images_per_request = options.max_batch;
   options.channels_last = absl::GetFlag(FLAGS_channels_last);
+  options.lanes = lanes;
+  options.threads = threads;
   auto created = gd::Engine::Create(*bundle, options);
   if (!created.ok()) {
     std::cerr << "gd-bench: " << created.status().message() << "\n";
@@ -534,6 +546,7 @@ int main(int argc, char** argv) {
       {"threads", threads},
       {"mkldnn", absl::GetFlag(FLAGS_mkldnn)},
       {"channels_last", absl::GetFlag(FLAGS_channels_last)},
+      {"lanes", options.lanes},
       {"max_batch", absl::GetFlag(FLAGS_max_batch)},
       {"cores", std::thread::hardware_concurrency()},
       {"sampler", SamplerDescription()},

@@ -2,12 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <future>
 
+#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/diffusion/counter_noise.h"
+#include "core/engine/intra_op_threads.h"
 #include "core/nn/guidance.h"
 #include "core/status_macros.h"
 
@@ -25,6 +29,24 @@ std::string ShapeString(at::IntArrayRef shape) {
 }
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+absl::Status CheckLanes(const EngineOptions& options, const torch::Device& device) {
+  if (options.lanes < 1 || options.threads < 0) {
+    return Invalid(absl::StrCat("engine: lanes = ", options.lanes, " must be >= 1 and threads = ",
+                                options.threads, " >= 0"));
+  }
+  if (options.lanes == 1) return absl::OkStatus();
+  if (!device.is_cpu()) {
+    return Invalid(absl::StrCat("engine: lanes = ", options.lanes, " splits batches on the CPU; ",
+                                device.str(), " runs one lane"));
+  }
+  if (!PerThreadIntraOpThreadsWork()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "engine: lanes = ", options.lanes, " needs per-thread OpenMP thread counts, which this "
+        "LibTorch does not honour (it runs without OpenMP); use 1"));
+  }
+  return absl::OkStatus();
+}
 
 // The message of an exception from the networks or the tensor math, without LibTorch's backtrace.
 std::string WhatOf(const std::exception& e) {
@@ -69,6 +91,7 @@ struct Engine::Batch {
   torch::Tensor output;    // the UNet's output
   torch::Tensor grad;      // scaled classifier gradient, zero on unguided rows (when any guided)
   torch::Tensor guided;    // [B x 1 x 1 x 1] bool (with grad)
+  int64_t lanes = 1;       // sub-batches the networks ran as
   std::vector<X0Correction::Mode> x0_modes;
   std::vector<float> x0_ratios;
   // Requests [begin, end) of running_ use samplers_[kind]; rows [first_row, ...).
@@ -80,6 +103,10 @@ struct Engine::Batch {
   std::vector<Group> groups;
   double forward_seconds = 0;
 };
+
+int64_t DefaultLanes(const torch::Device& device, int64_t threads) {
+  return device.is_cpu() && threads >= 2 && PerThreadIntraOpThreadsWork() ? 2 : 1;
+}
 
 void JobHandle::Cancel() {
   cancelled_.store(true);
@@ -109,6 +136,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
     return absl::InvalidArgumentError(absl::StrCat(
         "engine: max_batch = ", options.max_batch, " must be >= 1 and the other limits >= 0"));
   }
+  RETURN_IF_ERROR(CheckLanes(options, bundle->device));
   if (options.channels_last) {
     torch::NoGradGuard no_grad;
     auto convert = [](torch::nn::Module& module) {
@@ -137,6 +165,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<ModelBund
   if (auto run = engine->SamplerFor(SamplerKind::kDdpm)->Start(probe, 0); !run.ok()) {
     return run.status();
   }
+  if (engine->options_.threads == 0) engine->options_.threads = at::get_num_threads();
   engine->worker_ = std::thread([e = engine.get()] { e->Run(); });
   return engine;
 }
@@ -562,30 +591,96 @@ Engine::Batch Engine::Gather() const {
   return b;
 }
 
-// Networks: one UNet forward for every row; one classifier forward+backward for the guided rows.
+// Networks: one UNet forward for every row, one classifier forward+backward for the guided rows;
+// with lanes, one of each per lane.
 void Engine::RunNetworks(Batch& b) const {
   RECORD_FUNCTION("gd::engine::networks", std::vector<c10::IValue>());
+  b.lanes = std::min(options_.lanes, b.rows);
+  if (b.lanes > 1) {
+    RunLanes(b, b.lanes);
+  } else {
+    if (options_.lanes > 1) SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
+    b.forward_seconds = RunRows(b, 0, b.rows, b.output, b.grad);
+  }
+  if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
+  if (!b.guided_rows.empty()) b.guided = (b.scale > 0).view({b.rows, 1, 1, 1});
+}
+
+double Engine::RunRows(const Batch& b, int64_t first, int64_t count, torch::Tensor& output,
+                       torch::Tensor& grad) const {
+  const auto rows = [&](const torch::Tensor& t) {
+    return count == b.rows ? t : t.narrow(0, first, count);
+  };
   const Clock::time_point start = Clock::now();
   {
     RECORD_FUNCTION("gd::unet::forward", std::vector<c10::IValue>());
-    b.output = bundle_->unet->forward(b.x, b.model_t,
-                                      bundle_->class_conditional() ? b.labels : torch::Tensor());
+    output = bundle_->unet->forward(rows(b.x), rows(b.model_t),
+                                    bundle_->class_conditional() ? rows(b.labels) : torch::Tensor());
   }
-  if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
-  b.forward_seconds = Seconds(start, Clock::now());
-  if (b.guided_rows.empty()) return;
-  if (static_cast<int64_t>(b.guided_rows.size()) == b.rows) {
-    b.grad = ClassifierGradient(bundle_->classifier, b.x, b.model_t, b.labels, b.scale);
-    b.guided = torch::ones({b.rows, 1, 1, 1}, torch::TensorOptions().dtype(torch::kBool).device(device_));
-    return;
+  const double unet_seconds = Seconds(start, Clock::now());
+  std::vector<int64_t> guided;  // of these rows, from 0
+  for (const int64_t row : b.guided_rows) {
+    if (row >= first && row < first + count) guided.push_back(row - first);
   }
-  const torch::Tensor index = torch::tensor(b.guided_rows, torch::kInt64).to(device_);
-  const torch::Tensor g =
-      ClassifierGradient(bundle_->classifier, b.x.index_select(0, index),
-                         b.model_t.index_select(0, index), b.labels.index_select(0, index),
-                         b.scale.index_select(0, index));
-  b.grad = torch::zeros_like(b.x).index_copy(0, index, g);
-  b.guided = (b.scale > 0).view({b.rows, 1, 1, 1});
+  if (guided.empty()) {
+    grad = b.guided_rows.empty() ? torch::Tensor() : torch::zeros_like(rows(b.x));
+  } else if (static_cast<int64_t>(guided.size()) == count) {
+    grad = ClassifierGradient(bundle_->classifier, rows(b.x), rows(b.model_t), rows(b.labels),
+                              rows(b.scale));
+  } else {
+    const torch::Tensor index = torch::tensor(guided, torch::kInt64).to(device_);
+    const auto pick = [&](const torch::Tensor& t) { return rows(t).index_select(0, index); };
+    const torch::Tensor g = ClassifierGradient(bundle_->classifier, pick(b.x), pick(b.model_t),
+                                               pick(b.labels), pick(b.scale));
+    grad = torch::zeros_like(rows(b.x)).index_copy(0, index, g);
+  }
+  return unet_seconds;
+}
+
+// Lanes: the rows split as evenly as possible, lane 0 on this thread and the others on
+// LibTorch's inter-op threads, each with its share of the intra-op threads. Every lane finishes
+// before the first failure, if any, is rethrown: they all read the batch.
+void Engine::RunLanes(Batch& b, int64_t lanes) const {
+  const int threads = static_cast<int>(std::max<int64_t>(1, options_.threads / lanes));
+  std::vector<torch::Tensor> outputs(static_cast<size_t>(lanes)), grads(outputs.size());
+  std::vector<int64_t> firsts = {0};
+  for (int64_t i = 0; i < lanes; ++i) {
+    firsts.push_back(firsts.back() + b.rows / lanes + (i < b.rows % lanes ? 1 : 0));
+  }
+  const auto run_lane = [&, threads](size_t i) {
+    SetIntraOpThreadsOfThisThread(threads);
+    return RunRows(b, firsts[i], firsts[i + 1] - firsts[i], outputs[i], grads[i]);
+  };
+  std::vector<std::future<void>> others;
+  for (size_t i = 1; i < outputs.size(); ++i) {
+    auto done = std::make_shared<std::promise<void>>();
+    others.push_back(done->get_future());
+    at::launch([&run_lane, i, done] {
+      try {
+        torch::NoGradGuard no_grad;
+        run_lane(i);
+        done->set_value();
+      } catch (...) {
+        done->set_exception(std::current_exception());
+      }
+    });
+  }
+  std::exception_ptr failure;
+  try {
+    b.forward_seconds = run_lane(0);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  for (auto& other : others) {
+    try {
+      other.get();
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  b.output = torch::cat(outputs);
+  if (!b.guided_rows.empty()) b.grad = torch::cat(grads);
 }
 
 // Update: each sampler's batched step over its rows.
@@ -624,6 +719,7 @@ void Engine::Count(const Batch& b, double step_seconds) {
   stats_.slot_steps += b.rows;
   stats_.guided_slot_steps += static_cast<int64_t>(b.guided_rows.size());
   stats_.classifier_calls += b.guided_rows.empty() ? 0 : 1;
+  stats_.split_iterations += b.lanes > 1 ? 1 : 0;
   stats_.max_batch_seen = std::max(stats_.max_batch_seen, b.rows);
   stats_.max_requests_in_batch =
       std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));

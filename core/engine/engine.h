@@ -7,6 +7,11 @@
 // Work outside the networks is a fixed number of tensor operations per iteration, whatever the
 // batch: per-row constants travel as one table, noise is drawn for the whole batch at once.
 //
+// On the CPU the networks of a batch can run as several sub-batches ("lanes",
+// EngineOptions::lanes) side by side, each on its share of the intra-op threads: on a few cores
+// the operators of a small batch are too short to keep several threads busy, and two batches of
+// 4 on one thread each do more than one batch of 8 on two (docs/benchmarks.md, "Lanes").
+//
 // Callers (the gRPC server, tests, gd-bench, gd-train previews) only submit native SampleJobs
 // and receive events on a JobObserver; they never touch the networks. No gRPC here.
 #pragma once
@@ -81,6 +86,11 @@ struct EngineOptions {
   int64_t max_pixel_steps = 0;
   // Run the networks on channels-last (NHWC) tensors; see docs/benchmarks.md for when it pays.
   bool channels_last = false;
+  // CPU: the networks of a batch of B images run as min(lanes, B) sub-batches side by side, each
+  // on threads / min(lanes, B) intra-op threads (at least one).
+  int64_t lanes = 1;
+  // Intra-op threads that the lanes share (0: LibTorch's setting at Create). Used with lanes > 1.
+  int64_t threads = 0;
   // Fault injection for tests: sees each iteration's UNet output (and the iteration's number,
   // from 0) before it is used, and may replace it or throw.
   std::function<torch::Tensor(int64_t iteration, torch::Tensor output)> unet_output_hook;
@@ -94,6 +104,7 @@ struct EngineStats {
   int64_t classifier_calls = 0;
   int64_t max_batch_seen = 0;
   int64_t max_requests_in_batch = 0;  // distinct requests sharing one forward
+  int64_t split_iterations = 0;       // iterations whose networks ran as several lanes
   int64_t jobs_submitted = 0;
   int64_t jobs_completed = 0;
   int64_t jobs_failed = 0;
@@ -109,6 +120,11 @@ struct EngineStats {
 
   static const std::vector<double>& StepSecondsBounds();
 };
+
+// The lanes a binary uses when not told (--lanes 0): 2 on a CPU with two or more intra-op
+// threads where per-thread counts work (measured faster there for every batch size tried on 2
+// cores, docs/benchmarks.md "Lanes"); 1 elsewhere.
+int64_t DefaultLanes(const torch::Device& device, int64_t threads);
 
 class Engine {
  public:
@@ -159,6 +175,12 @@ class Engine {
   void DropDeparted(std::chrono::steady_clock::time_point now);
   Batch Gather() const;
   void RunNetworks(Batch& batch) const;
+  // The networks over rows [first, first + count) of the batch: the UNet's output and, when any
+  // of these rows is guided, the scaled classifier gradient (zero on unguided rows).
+  // Returns the seconds of its UNet forward.
+  double RunRows(const Batch& batch, int64_t first, int64_t count, torch::Tensor& output,
+                 torch::Tensor& grad) const;
+  void RunLanes(Batch& batch, int64_t lanes) const;
   std::vector<SamplerStep> UpdateRows(const Batch& batch) const;
   void Report(const Batch& batch, const std::vector<SamplerStep>& steps);
   void Count(const Batch& batch, double step_seconds);

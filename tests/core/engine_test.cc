@@ -14,6 +14,7 @@
 
 #include "core/engine/allocator.h"
 #include "core/engine/engine.h"
+#include "core/engine/intra_op_threads.h"
 #include "core/nn/model_bundle.h"
 #include "tests/testing/testing.h"
 
@@ -198,6 +199,82 @@ TEST_F(EngineTest, MixedRequestsShareForwardsAndMatchTheirSoloRuns) {
   EXPECT_EQ(stats.slot_steps, 2 * 10 + 1 * 8 + 1 * 12 + 2 * 5);
   EXPECT_EQ(stats.images_completed, 6);
   EXPECT_GT(stats.classifier_calls, 0);
+}
+
+TEST_F(EngineTest, LanesSplitTheNetworksAndMatchOneLane) {
+  // Two lanes of one thread each. Together the first four requests are five rows (guided,
+  // unguided x 3, guided): lanes of guided and unguided rows; the last request alone is three
+  // guided rows, split two and one. Every image matches its request run alone on one lane.
+  std::vector<SampleJob> jobs(4);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    jobs[i].labels = {static_cast<int64_t>(3 * i)};
+    jobs[i].classifier_scale = (i == 0 || i == 3) ? 4 : 0;
+    jobs[i].sampler = SamplerKind::kDdim;
+    jobs[i].timestep_respacing = "ddim4";
+    jobs[i].seed = 20 + i;
+  }
+  jobs[1].labels = {1, 2};
+  SampleJob three = jobs[0];
+  three.labels = {4, 5, 6};
+  three.seed = 30;
+  jobs.push_back(three);
+  const std::vector<torch::Tensor> alone = RunAlone(this, jobs);
+
+  EngineOptions options;
+  options.lanes = 2;
+  options.threads = 2;
+  auto engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  auto run = [&](size_t first, size_t end) {
+    std::vector<std::shared_ptr<Collector>> collectors;
+    for (size_t i = first; i < end; ++i) {
+      collectors.push_back(std::make_shared<Collector>());
+      ASSERT_TRUE(engine->Submit(jobs[i], collectors.back()).ok());
+    }
+    for (size_t i = first; i < end; ++i) {
+      auto result = collectors[i - first]->Wait();
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_TRUE(testing::TensorsClose(result->samples, alone[i], testing::kBatchTolerance))
+          << "job " << i;
+    }
+  };
+  run(0, 4);
+  run(4, 5);
+  const EngineStats stats = engine->stats();
+  // Every batch of two or more rows split (the first request may have started alone).
+  EXPECT_GT(stats.split_iterations, 0);
+  EXPECT_EQ(stats.split_iterations, stats.iterations - stats.batch_size_counts[1]);
+  EXPECT_EQ(stats.slot_steps, 8 * 4);
+  EXPECT_EQ(stats.images_completed, 8);
+}
+
+TEST_F(EngineTest, OneLaneRunsNoSplit) {
+  auto engine = MakeEngine();
+  auto collector = std::make_shared<Collector>();
+  SampleJob job = GuidedDdim();
+  ASSERT_TRUE(engine->Submit(job, collector).ok());
+  ASSERT_TRUE(collector->Wait().ok());
+  EXPECT_EQ(engine->stats().split_iterations, 0);
+}
+
+TEST_F(EngineTest, LanesAreCheckedAtCreate) {
+  EngineOptions options;
+  options.lanes = 0;
+  auto engine = Engine::Create(Load().bundle, options);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(engine.status().message().find("lanes = 0"), std::string::npos) << engine.status();
+}
+
+TEST(IntraOpThreads, AThreadsCountIsItsOwn) {
+  ASSERT_TRUE(PerThreadIntraOpThreadsWork()) << "LibTorch without OpenMP: engine lanes refused";
+  const int main_threads = at::get_num_threads();
+  std::thread other([&] {
+    EXPECT_TRUE(SetIntraOpThreadsOfThisThread(main_threads + 1));
+    EXPECT_EQ(at::get_num_threads(), main_threads + 1);
+  });
+  other.join();
+  EXPECT_EQ(at::get_num_threads(), main_threads);
 }
 
 TEST_F(EngineTest, SameSeedSameImagesDifferentSeedDifferentImages) {
