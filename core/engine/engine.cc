@@ -452,6 +452,7 @@ bool Engine::ShutdownIfDone(std::unique_lock<std::mutex>& lock) {
 
 void Engine::Run() {
   torch::NoGradGuard no_grad;
+  if (options_.lanes > 1) SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
   while (true) {
     std::vector<std::shared_ptr<Request>> departed, admitted;
     {
@@ -598,8 +599,9 @@ void Engine::RunNetworks(Batch& b) const {
   b.lanes = std::min(options_.lanes, b.rows);
   if (b.lanes > 1) {
     RunLanes(b, b.lanes);
+    // The rest of the iteration, and a later batch of one, has every thread again.
+    SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
   } else {
-    if (options_.lanes > 1) SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
     b.forward_seconds = RunRows(b, 0, b.rows, b.output, b.grad);
   }
   if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
