@@ -66,9 +66,9 @@ ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one request at a time.");
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
-ABSL_FLAG(int, lanes, 0,
+ABSL_FLAG(int, lanes, 1,
           "Engine lanes: sub-batches of each batch run side by side on shares of --threads "
-          "(0: gd-server's default; 1 with --profile).");
+          "(with --profile, operators of all lanes add up).");
 ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
 ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
 ABSL_FLAG(bool, mkldnn, true,
@@ -442,12 +442,7 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
-  // A profile books each operator on whatever thread ran it, so lanes running side by side would
-  // add up to more than the step: it takes one lane unless told otherwise.
-  const bool profiling = !absl::GetFlag(FLAGS_profile).empty();
-  const int64_t lanes = absl::GetFlag(FLAGS_lanes) > 0 ? absl::GetFlag(FLAGS_lanes)
-                        : profiling                    ? 1
-                                                       : gd::DefaultLanes(device, threads);
+  const int64_t lanes = absl::GetFlag(FLAGS_lanes);
   std::printf("oneDNN %s, channels_last %s, lanes %lld, memory: %s\n",
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),

@@ -58,10 +58,11 @@ ABSL_FLAG(std::string, dtype, "fp32",
           "convert_to_fp16; norms stay fp32).");
 ABSL_FLAG(int, threads, 0, "Intra-op CPU threads (0: all cores).");
 ABSL_FLAG(int, max_batch, 32, "Images (slots) per UNet forward.");
-ABSL_FLAG(int, lanes, 0,
+ABSL_FLAG(int, lanes, 1,
           "CPU: the networks of each batch run as up to this many sub-batches side by side, each "
-          "on its share of --threads (0: 2 on a CPU with two or more threads, else 1). On 2 "
-          "cores, batches of 8 ran 1.3-1.7x faster (docs/benchmarks.md, \"Lanes\").");
+          "on its share of --threads. 2 on 2 cores: batches of 8 1.3-1.7x faster, but a "
+          "repeated request's results move by up to 2.4e-3 rather than 2e-3 (docs/benchmarks.md, "
+          "\"Lanes\").");
 ABSL_FLAG(int, max_queue_images, 256,
           "Images that may wait for a slot per model; beyond it requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_images_per_request, 0, "Images per request (0: --max_batch).");
@@ -253,8 +254,7 @@ int main(int argc, char** argv) {
   engine_options.max_steps = absl::GetFlag(FLAGS_max_steps);
   engine_options.max_classifier_scale = absl::GetFlag(FLAGS_max_classifier_scale);
   engine_options.max_pixel_steps = absl::GetFlag(FLAGS_max_pixel_steps);
-  engine_options.lanes = absl::GetFlag(FLAGS_lanes) > 0 ? absl::GetFlag(FLAGS_lanes)
-                                                      : gd::DefaultLanes(device, threads);
+  engine_options.lanes = absl::GetFlag(FLAGS_lanes);
   engine_options.threads = threads;
   for (size_t i = 0; i < specs->size(); ++i) {
     const gd::ModelSpec& spec = (*specs)[i];

@@ -104,10 +104,6 @@ struct Engine::Batch {
   double forward_seconds = 0;
 };
 
-int64_t DefaultLanes(const torch::Device& device, int64_t threads) {
-  return device.is_cpu() && threads >= 2 && PerThreadIntraOpThreadsWork() ? 2 : 1;
-}
-
 void JobHandle::Cancel() {
   cancelled_.store(true);
   std::lock_guard<std::mutex> lock(mu_);

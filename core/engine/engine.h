@@ -121,11 +121,6 @@ struct EngineStats {
   static const std::vector<double>& StepSecondsBounds();
 };
 
-// The lanes a binary uses when not told (--lanes 0): 2 on a CPU with two or more intra-op
-// threads where per-thread counts work (measured faster there for every batch size tried on 2
-// cores, docs/benchmarks.md "Lanes"); 1 elsewhere.
-int64_t DefaultLanes(const torch::Device& device, int64_t threads);
-
 class Engine {
  public:
   // Starts the worker thread. The bundle's networks are used by that thread only.
