@@ -91,7 +91,6 @@ struct Engine::Batch {
   torch::Tensor output;    // the UNet's output
   torch::Tensor grad;      // scaled classifier gradient, zero on unguided rows (when any guided)
   torch::Tensor guided;    // [B x 1 x 1 x 1] bool (with grad)
-  int64_t lanes = 1;       // sub-batches the networks ran as
   std::vector<X0Correction::Mode> x0_modes;
   std::vector<float> x0_ratios;
   // Requests [begin, end) of running_ use samplers_[kind]; rows [first_row, ...).
@@ -592,11 +591,9 @@ Engine::Batch Engine::Gather() const {
 // with lanes, one of each per lane.
 void Engine::RunNetworks(Batch& b) const {
   RECORD_FUNCTION("gd::engine::networks", std::vector<c10::IValue>());
-  b.lanes = std::min(options_.lanes, b.rows);
-  if (b.lanes > 1) {
-    RunLanes(b, b.lanes);
-    // The rest of the iteration, and a later batch of one, has every thread again.
-    SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
+  const int64_t lanes = LanesFor(b.rows);
+  if (lanes > 1) {
+    RunLanes(b, lanes);
   } else {
     b.forward_seconds = RunRows(b, 0, b.rows, b.output, b.grad);
   }
@@ -604,11 +601,11 @@ void Engine::RunNetworks(Batch& b) const {
   if (!b.guided_rows.empty()) b.guided = (b.scale > 0).view({b.rows, 1, 1, 1});
 }
 
+int64_t Engine::LanesFor(int64_t rows) const { return std::min(options_.lanes, rows); }
+
 double Engine::RunRows(const Batch& b, int64_t first, int64_t count, torch::Tensor& output,
                        torch::Tensor& grad) const {
-  const auto rows = [&](const torch::Tensor& t) {
-    return count == b.rows ? t : t.narrow(0, first, count);
-  };
+  const auto rows = [&](const torch::Tensor& t) { return t.narrow(0, first, count); };
   const Clock::time_point start = Clock::now();
   {
     RECORD_FUNCTION("gd::unet::forward", std::vector<c10::IValue>());
@@ -676,6 +673,8 @@ void Engine::RunLanes(Batch& b, int64_t lanes) const {
       if (!failure) failure = std::current_exception();
     }
   }
+  // The rest of the iteration, and a later batch of one, has every thread again.
+  SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
   if (failure) std::rethrow_exception(failure);
   b.output = torch::cat(outputs);
   if (!b.guided_rows.empty()) b.grad = torch::cat(grads);
@@ -717,7 +716,7 @@ void Engine::Count(const Batch& b, double step_seconds) {
   stats_.slot_steps += b.rows;
   stats_.guided_slot_steps += static_cast<int64_t>(b.guided_rows.size());
   stats_.classifier_calls += b.guided_rows.empty() ? 0 : 1;
-  stats_.split_iterations += b.lanes > 1 ? 1 : 0;
+  stats_.split_iterations += LanesFor(b.rows) > 1 ? 1 : 0;
   stats_.max_batch_seen = std::max(stats_.max_batch_seen, b.rows);
   stats_.max_requests_in_batch =
       std::max(stats_.max_requests_in_batch, static_cast<int64_t>(running_.size()));

@@ -176,6 +176,7 @@ class Engine {
   double RunRows(const Batch& batch, int64_t first, int64_t count, torch::Tensor& output,
                  torch::Tensor& grad) const;
   void RunLanes(Batch& batch, int64_t lanes) const;
+  int64_t LanesFor(int64_t rows) const;  // sub-batches a batch of `rows` runs as
   std::vector<SamplerStep> UpdateRows(const Batch& batch) const;
   void Report(const Batch& batch, const std::vector<SamplerStep>& steps);
   void Count(const Batch& batch, double step_seconds);
