@@ -28,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "core/engine/allocator.h"
 #include "core/engine/engine.h"
+#include "core/engine/intra_op_threads.h"
 #include "core/io/bundled_model.h"
 #include "core/nn/flops.h"
 #include "core/nn/guidance.h"
@@ -66,9 +67,10 @@ ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one request at a time.");
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
-ABSL_FLAG(int, lanes, 1,
+ABSL_FLAG(int, lanes, 0,
           "Engine lanes: sub-batches of each batch run side by side on shares of --threads "
-          "(with --profile, operators of all lanes add up).");
+          "(0: as gd-server, 2 on the CPU with 2 or more threads, else 1; with --profile, "
+          "operators of all lanes add up).");
 ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
 ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
 ABSL_FLAG(bool, mkldnn, true,
@@ -442,7 +444,8 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
-  const int64_t lanes = absl::GetFlag(FLAGS_lanes);
+  const int64_t lanes = absl::GetFlag(FLAGS_lanes) != 0 ? absl::GetFlag(FLAGS_lanes)
+                                                         : gd::DefaultLanes(device.is_cpu(), threads);
   std::printf("oneDNN %s, channels_last %s, lanes %lld, memory: %s\n",
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),

@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "core/engine/allocator.h"
 #include "core/engine/engine.h"
+#include "core/engine/intra_op_threads.h"
 #include "core/io/bundled_model.h"
 #include "core/nn/cpu_features.h"
 #include "core/nn/model_bundle.h"
@@ -58,11 +59,10 @@ ABSL_FLAG(std::string, dtype, "fp32",
           "convert_to_fp16; norms stay fp32).");
 ABSL_FLAG(int, threads, 0, "Intra-op CPU threads (0: all cores).");
 ABSL_FLAG(int, max_batch, 32, "Images (slots) per UNet forward.");
-ABSL_FLAG(int, lanes, 1,
+ABSL_FLAG(int, lanes, 0,
           "CPU: the networks of each batch run as up to this many sub-batches side by side, each "
-          "on its share of --threads. 2 on 2 cores: batches of 8 1.3-1.7x faster, but a "
-          "repeated request's results move by up to 2.4e-3 rather than 2e-3 (docs/benchmarks.md, "
-          "\"Lanes\").");
+          "on its share of --threads (0: 2 on the CPU with 2 or more threads, else 1). On 2 "
+          "cores 2 lanes ran batches of 8 1.3-1.7x faster than 1 (docs/benchmarks.md, \"Lanes\").");
 ABSL_FLAG(int, max_queue_images, 256,
           "Images that may wait for a slot per model; beyond it requests get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_images_per_request, 0, "Images per request (0: --max_batch).");
@@ -177,6 +177,10 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--max_connection_age_s = ", age, " is negative (0: never)")));
   }
+  if (const int lanes = absl::GetFlag(FLAGS_lanes); lanes < 0) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--lanes = ", lanes, " is negative (0: 2 on the CPU with 2 or more threads)")));
+  }
   torch::Device device = torch::kCPU;
   try {
     device = torch::Device(absl::GetFlag(FLAGS_device));
@@ -254,7 +258,9 @@ int main(int argc, char** argv) {
   engine_options.max_steps = absl::GetFlag(FLAGS_max_steps);
   engine_options.max_classifier_scale = absl::GetFlag(FLAGS_max_classifier_scale);
   engine_options.max_pixel_steps = absl::GetFlag(FLAGS_max_pixel_steps);
-  engine_options.lanes = absl::GetFlag(FLAGS_lanes);
+  engine_options.lanes = absl::GetFlag(FLAGS_lanes) != 0
+                             ? absl::GetFlag(FLAGS_lanes)
+                             : gd::DefaultLanes(device.is_cpu(), threads);
   engine_options.threads = threads;
   for (size_t i = 0; i < specs->size(); ++i) {
     const gd::ModelSpec& spec = (*specs)[i];

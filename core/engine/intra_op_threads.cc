@@ -47,4 +47,8 @@ bool PerThreadIntraOpThreadsWork() {
   return works;
 }
 
+int DefaultLanes(bool on_cpu, int threads) {
+  return on_cpu && threads >= 2 && PerThreadIntraOpThreadsWork() ? 2 : 1;
+}
+
 }  // namespace gd

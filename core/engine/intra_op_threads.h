@@ -12,4 +12,9 @@ bool PerThreadIntraOpThreadsWork();
 // Sets the calling thread's intra-op threads; returns whether LibTorch now reports that count.
 bool SetIntraOpThreadsOfThisThread(int threads);
 
+// The engine lanes (EngineOptions::lanes) that gd-server and gd-bench use unless told: 2 on the
+// CPU with two or more intra-op threads where per-thread counts work, else 1. On 2 cores two
+// lanes ran batches of 8 1.3-1.7x faster (docs/benchmarks.md, "Lanes"); a GPU runs one.
+int DefaultLanes(bool on_cpu, int threads);
+
 }  // namespace gd

@@ -277,6 +277,14 @@ TEST(IntraOpThreads, AThreadsCountIsItsOwn) {
   EXPECT_EQ(at::get_num_threads(), main_threads);
 }
 
+TEST(IntraOpThreads, TwoLanesByDefaultOnACpuWithTwoThreads) {
+  ASSERT_TRUE(PerThreadIntraOpThreadsWork()) << "LibTorch without OpenMP: engine lanes refused";
+  EXPECT_EQ(DefaultLanes(/*on_cpu=*/true, 2), 2);
+  EXPECT_EQ(DefaultLanes(/*on_cpu=*/true, 16), 2);
+  EXPECT_EQ(DefaultLanes(/*on_cpu=*/true, 1), 1);  // nothing to split the threads into
+  EXPECT_EQ(DefaultLanes(/*on_cpu=*/false, 16), 1);
+}
+
 TEST_F(EngineTest, SameSeedSameImagesDifferentSeedDifferentImages) {
   auto engine = MakeEngine();
   SampleJob job;

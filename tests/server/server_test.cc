@@ -890,6 +890,9 @@ TEST(ServerBinary, BadFlagsFailWithAMessage) {
   EXPECT_NE(output.find("fp8"), std::string::npos) << output;
   EXPECT_EQ(RunCommand(absl::StrCat(server, " --max_connection_age_s -1"), &output), 1);
   EXPECT_NE(output.find("--max_connection_age_s = -1"), std::string::npos) << output;
+  // 0 picks the lanes for the device; a negative count is refused by name.
+  EXPECT_EQ(RunCommand(absl::StrCat(server, " --lanes -1"), &output), 1);
+  EXPECT_NE(output.find("--lanes = -1"), std::string::npos) << output;
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ double RelativeError(const torch::Tensor& actual, const torch::Tensor& expected)
 
 // Relative error (TensorsClose) allowed between a request's results alone and batched with other
 // requests in these deterministic tests. Stricter than what the service documents under load
-// (2e-3 max abs, docs/api.md), which gd-load checks: batch composition changes which kernels run.
+// (5e-3 max abs, docs/api.md), which gd-load checks: batch composition changes which kernels run.
 inline constexpr double kBatchTolerance = 1e-3;
 
 // gtest assertion: same shape and RelativeError <= tolerance, with the error in the message.
