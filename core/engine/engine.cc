@@ -4,6 +4,8 @@
 #include <cmath>
 #include <exception>
 #include <future>
+#include <iterator>
+#include <numeric>
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
@@ -12,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "core/diffusion/counter_noise.h"
 #include "core/engine/intra_op_threads.h"
+#include "core/engine/lanes.h"
 #include "core/nn/guidance.h"
 #include "core/status_macros.h"
 
@@ -46,6 +49,18 @@ absl::Status CheckLanes(const EngineOptions& options, const torch::Device& devic
         "LibTorch does not honour (it runs without OpenMP); use 1"));
   }
   return absl::OkStatus();
+}
+
+// Each lane's rows (DealRowsToLanes) back in their place in a batch of `rows`.
+torch::Tensor Undeal(const std::vector<std::vector<int64_t>>& dealt,
+                     const std::vector<torch::Tensor>& parts, int64_t rows) {
+  std::vector<int64_t> shape = parts.front().sizes().vec();
+  shape[0] = rows;
+  torch::Tensor whole = torch::empty(shape, parts.front().options());
+  for (size_t i = 0; i < dealt.size(); ++i) {
+    whole.index_copy_(0, torch::tensor(dealt[i], torch::kInt64).to(whole.device()), parts[i]);
+  }
+  return whole;
 }
 
 // The message of an exception from the networks or the tensor math, without LibTorch's backtrace.
@@ -595,7 +610,9 @@ void Engine::RunNetworks(Batch& b) const {
   if (lanes > 1) {
     RunLanes(b, lanes);
   } else {
-    b.forward_seconds = RunRows(b, 0, b.rows, b.output, b.grad);
+    std::vector<int64_t> all(static_cast<size_t>(b.rows));
+    std::iota(all.begin(), all.end(), int64_t{0});
+    b.forward_seconds = RunRows(b, all, b.output, b.grad);
   }
   if (options_.unet_output_hook) b.output = options_.unet_output_hook(iteration_, b.output);
   if (!b.guided_rows.empty()) b.guided = (b.scale > 0).view({b.rows, 1, 1, 1});
@@ -603,51 +620,51 @@ void Engine::RunNetworks(Batch& b) const {
 
 int64_t Engine::LanesFor(int64_t rows) const { return std::min(options_.lanes, rows); }
 
-double Engine::RunRows(const Batch& b, int64_t first, int64_t count, torch::Tensor& output,
+double Engine::RunRows(const Batch& b, const std::vector<int64_t>& rows, torch::Tensor& output,
                        torch::Tensor& grad) const {
-  const auto rows = [&](const torch::Tensor& t) { return t.narrow(0, first, count); };
+  const auto count = static_cast<int64_t>(rows.size());
+  const torch::Tensor index =
+      count == b.rows ? torch::Tensor() : torch::tensor(rows, torch::kInt64).to(device_);
+  const auto pick = [&](const torch::Tensor& t) { return index.defined() ? t.index_select(0, index) : t; };
+  const torch::Tensor x = pick(b.x), model_t = pick(b.model_t), labels = pick(b.labels);
   const Clock::time_point start = Clock::now();
   {
     RECORD_FUNCTION("gd::unet::forward", std::vector<c10::IValue>());
-    output = bundle_->unet->forward(rows(b.x), rows(b.model_t),
-                                    bundle_->class_conditional() ? rows(b.labels) : torch::Tensor());
+    output = bundle_->unet->forward(x, model_t, bundle_->class_conditional() ? labels : torch::Tensor());
   }
   const double unet_seconds = Seconds(start, Clock::now());
-  std::vector<int64_t> guided;  // of these rows, from 0
-  for (const int64_t row : b.guided_rows) {
-    if (row >= first && row < first + count) guided.push_back(row - first);
-  }
+  std::vector<int64_t> guided;  // positions in `rows` of the guided ones
+  std::set_intersection(b.guided_rows.begin(), b.guided_rows.end(), rows.begin(), rows.end(),
+                        std::back_inserter(guided));
+  for (int64_t& g : guided) g = std::lower_bound(rows.begin(), rows.end(), g) - rows.begin();
   if (guided.empty()) {
-    grad = b.guided_rows.empty() ? torch::Tensor() : torch::zeros_like(rows(b.x));
+    grad = b.guided_rows.empty() ? torch::Tensor() : torch::zeros_like(x);
   } else if (static_cast<int64_t>(guided.size()) == count) {
-    grad = ClassifierGradient(bundle_->classifier, rows(b.x), rows(b.model_t), rows(b.labels),
-                              rows(b.scale));
+    grad = ClassifierGradient(bundle_->classifier, x, model_t, labels, pick(b.scale));
   } else {
-    const torch::Tensor index = torch::tensor(guided, torch::kInt64).to(device_);
-    const auto pick = [&](const torch::Tensor& t) { return rows(t).index_select(0, index); };
-    const torch::Tensor g = ClassifierGradient(bundle_->classifier, pick(b.x), pick(b.model_t),
-                                               pick(b.labels), pick(b.scale));
-    grad = torch::zeros_like(rows(b.x)).index_copy(0, index, g);
+    const torch::Tensor at = torch::tensor(guided, torch::kInt64).to(device_);
+    const auto select = [&](const torch::Tensor& t) { return t.index_select(0, at); };
+    const torch::Tensor g = ClassifierGradient(bundle_->classifier, select(x), select(model_t),
+                                               select(labels), select(pick(b.scale)));
+    grad = torch::zeros_like(x).index_copy(0, at, g);
   }
   return unet_seconds;
 }
 
-// Lanes: the rows split as evenly as possible, lane 0 on this thread and the others on
-// LibTorch's inter-op threads, each with its share of the intra-op threads. Every lane finishes
-// before the first failure, if any, is rethrown: they all read the batch.
+// Lanes: the rows dealt out with the guided ones spread evenly (DealRowsToLanes), lane 0 on this
+// thread and the others on LibTorch's inter-op threads, each with its share of the intra-op
+// threads. Every lane finishes before the first failure, if any, is rethrown: they all read the
+// batch.
 void Engine::RunLanes(Batch& b, int64_t lanes) const {
   const int threads = static_cast<int>(std::max<int64_t>(1, options_.threads / lanes));
-  std::vector<torch::Tensor> outputs(static_cast<size_t>(lanes)), grads(outputs.size());
-  std::vector<int64_t> firsts = {0};
-  for (int64_t i = 0; i < lanes; ++i) {
-    firsts.push_back(firsts.back() + b.rows / lanes + (i < b.rows % lanes ? 1 : 0));
-  }
+  const std::vector<std::vector<int64_t>> dealt = DealRowsToLanes(b.rows, b.guided_rows, lanes);
+  std::vector<torch::Tensor> outputs(dealt.size()), grads(dealt.size());
   const auto run_lane = [&, threads](size_t i) {
     SetIntraOpThreadsOfThisThread(threads);
-    return RunRows(b, firsts[i], firsts[i + 1] - firsts[i], outputs[i], grads[i]);
+    return RunRows(b, dealt[i], outputs[i], grads[i]);
   };
   std::vector<std::future<void>> others;
-  for (size_t i = 1; i < outputs.size(); ++i) {
+  for (size_t i = 1; i < dealt.size(); ++i) {
     auto done = std::make_shared<std::promise<void>>();
     others.push_back(done->get_future());
     at::launch([&run_lane, i, done] {
@@ -676,8 +693,8 @@ void Engine::RunLanes(Batch& b, int64_t lanes) const {
   // The rest of the iteration, and a later batch of one, has every thread again.
   SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
   if (failure) std::rethrow_exception(failure);
-  b.output = torch::cat(outputs);
-  if (!b.guided_rows.empty()) b.grad = torch::cat(grads);
+  b.output = Undeal(dealt, outputs, b.rows);
+  if (!b.guided_rows.empty()) b.grad = Undeal(dealt, grads, b.rows);
 }
 
 // Update: each sampler's batched step over its rows.

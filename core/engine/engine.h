@@ -170,10 +170,10 @@ class Engine {
   void DropDeparted(std::chrono::steady_clock::time_point now);
   Batch Gather() const;
   void RunNetworks(Batch& batch) const;
-  // The networks over rows [first, first + count) of the batch: the UNet's output and, when any
-  // of these rows is guided, the scaled classifier gradient (zero on unguided rows).
-  // Returns the seconds of its UNet forward.
-  double RunRows(const Batch& batch, int64_t first, int64_t count, torch::Tensor& output,
+  // The networks over some rows of the batch (increasing; all of them runs without copies): the
+  // UNet's output and, when any of these rows is guided, the scaled classifier gradient (zero on
+  // unguided rows), in the order of `rows`. Returns the seconds of its UNet forward.
+  double RunRows(const Batch& batch, const std::vector<int64_t>& rows, torch::Tensor& output,
                  torch::Tensor& grad) const;
   void RunLanes(Batch& batch, int64_t lanes) const;
   int64_t LanesFor(int64_t rows) const;  // sub-batches a batch of `rows` runs as

@@ -3,10 +3,13 @@
 // allocator settings the engine's binaries run with.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <future>
 #include <fstream>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -15,6 +18,7 @@
 #include "core/engine/allocator.h"
 #include "core/engine/engine.h"
 #include "core/engine/intra_op_threads.h"
+#include "core/engine/lanes.h"
 #include "core/nn/model_bundle.h"
 #include "tests/testing/testing.h"
 
@@ -283,6 +287,44 @@ TEST(IntraOpThreads, TwoLanesByDefaultOnACpuWithTwoThreads) {
   EXPECT_EQ(DefaultLanes(/*on_cpu=*/true, 16), 2);
   EXPECT_EQ(DefaultLanes(/*on_cpu=*/true, 1), 1);  // nothing to split the threads into
   EXPECT_EQ(DefaultLanes(/*on_cpu=*/false, 16), 1);
+}
+
+TEST(DealRowsToLanes, SpreadsTheGuidedRowsAndTheRestEvenly) {
+  using Lanes = std::vector<std::vector<int64_t>>;
+  // A guided request of 4 ahead of an unguided one of 4: by position, one lane would get all
+  // the classifier's work.
+  EXPECT_EQ(DealRowsToLanes(8, {0, 1, 2, 3}, 2), (Lanes{{0, 2, 4, 6}, {1, 3, 5, 7}}));
+  EXPECT_EQ(DealRowsToLanes(5, {0, 4}, 2), (Lanes{{0, 1, 3}, {2, 4}}));
+  EXPECT_EQ(DealRowsToLanes(7, {}, 3), (Lanes{{0, 3, 6}, {1, 4}, {2, 5}}));
+  EXPECT_EQ(DealRowsToLanes(3, {1}, 1), (Lanes{{0, 1, 2}}));
+  std::mt19937 random(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t rows = 1 + static_cast<int64_t>(random() % 40), lanes = 1 + static_cast<int64_t>(random() % 4);
+    std::vector<int64_t> guided;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (random() % 3 == 0) guided.push_back(r);
+    }
+    const Lanes dealt = DealRowsToLanes(rows, guided, lanes);
+    ASSERT_EQ(static_cast<int64_t>(dealt.size()), lanes);
+    std::vector<int64_t> seen, guided_per_lane, rows_per_lane;
+    for (const auto& lane : dealt) {
+      EXPECT_TRUE(std::is_sorted(lane.begin(), lane.end()));
+      seen.insert(seen.end(), lane.begin(), lane.end());
+      rows_per_lane.push_back(static_cast<int64_t>(lane.size()));
+      guided_per_lane.push_back(std::count_if(lane.begin(), lane.end(), [&](int64_t r) {
+        return std::binary_search(guided.begin(), guided.end(), r);
+      }));
+    }
+    std::sort(seen.begin(), seen.end());
+    std::vector<int64_t> all(static_cast<size_t>(rows));
+    std::iota(all.begin(), all.end(), int64_t{0});
+    EXPECT_EQ(seen, all) << "every row in exactly one lane";
+    const auto spread = [](const std::vector<int64_t>& v) {
+      return *std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
+    };
+    EXPECT_LE(spread(rows_per_lane), 1);
+    EXPECT_LE(spread(guided_per_lane), 1);
+  }
 }
 
 TEST_F(EngineTest, SameSeedSameImagesDifferentSeedDifferentImages) {
