@@ -69,8 +69,8 @@ ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one req
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
 ABSL_FLAG(int, lanes, 0,
           "Engine lanes: sub-batches of each batch run side by side on shares of --threads "
-          "(0: as gd-server, 2 on the CPU with 2 or more threads, else 1; with --profile, "
-          "operators of all lanes add up).");
+          "(0: as gd-server, 2 on the CPU with 2 or more threads, else 1; with --profile, 1, "
+          "since operators of lanes side by side would add up to more than the step).");
 ABSL_FLAG(bool, grpc, true, "Also measure through gRPC on loopback (when built with it).");
 ABSL_FLAG(bool, channels_last, false, "Run the networks on channels-last tensors.");
 ABSL_FLAG(bool, mkldnn, true,
@@ -444,8 +444,12 @@ int main(int argc, char** argv) {
   std::printf("machine: %u cores, %d threads, %s %s, matmul peak %.1f GFLOP/s (fp32 1024^3)\n",
               std::thread::hardware_concurrency(), threads, device.str().c_str(),
               gd::ToString(*precision), peak);
+  // A profile books each operator on whatever thread ran it, so lanes side by side would add up
+  // to more than the step: it takes one lane unless told otherwise.
+  const bool profiling = !absl::GetFlag(FLAGS_profile).empty();
   const int64_t lanes = absl::GetFlag(FLAGS_lanes) != 0 ? absl::GetFlag(FLAGS_lanes)
-                                                         : gd::DefaultLanes(device.is_cpu(), threads);
+                        : profiling                     ? 1
+                                                        : gd::DefaultLanes(device.is_cpu(), threads);
   std::printf("oneDNN %s, channels_last %s, lanes %lld, memory: %s\n",
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),
