@@ -100,9 +100,8 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
         ASSIGN_OR_RETURN(auto state, ReadCheckpoint(path));
         RETURN_IF_ERROR(ema.Load(state));
       }
-      const std::string opt_path = train::CheckpointPath(dir, "opt", step);
-      ASSIGN_OR_RETURN(auto opt_state, ReadCheckpoint(opt_path));
-      RETURN_IF_ERROR(optimizer.LoadState(opt_state));
+      ASSIGN_OR_RETURN(auto opt_state, train::ReadOptimizerStateIfPresent(resume, "diffusion"));
+      if (!opt_state.empty()) RETURN_IF_ERROR(optimizer.LoadState(opt_state));
       if (loss_aware != nullptr) {
         torch::Tensor history, counts;
         for (const auto& [k, v] : opt_state) {

@@ -32,7 +32,8 @@ std::vector<FlagSpec> TrainFlagSpecs(TrainKind kind) {
       {"log_interval", T::kInt, "10", "steps between metric lines"},
       {"save_interval", T::kInt, "10000", "steps between checkpoints"},
       {"resume_checkpoint", T::kString, "",
-       "model_NNNNNN.safetensors to resume from, or \"latest\" (newest in --out)"},
+       "model_NNNNNN.safetensors to resume from, or \"latest\" (newest in --out); without an "
+       "opt_ file beside it (an exported model), fresh optimizer moments"},
       {"keep_checkpoints", T::kInt, "0", "keep only the newest N checkpoints (0: all)"},
       {"random_flip", T::kBool, "true", "mirror training images left-right at random"},
       {"threads", T::kInt, "0", "intra-op CPU threads (0: all cores)"},

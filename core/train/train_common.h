@@ -44,8 +44,13 @@ absl::Status SaveState(const std::string& path, const StateDict& state,
 absl::StatusOr<std::string> SaveModelAndOptimizer(
     const std::string& out, int64_t step, const torch::nn::Module& model, const AdamW& optimizer,
     const std::map<std::string, std::string>& metadata, int64_t keep);
-// Loads what SaveModelAndOptimizer wrote at `model_path` (and the opt_ file beside it) into
-// `model` and `optimizer`; returns the step. `what` names the model in errors.
+// The optimizer state saved beside `model_path` (opt_NNNNNN.safetensors of its step), or an empty
+// state when there is none: like the reference's TrainLoop, a run may resume from bare weights (an
+// exported model) and start fresh AdamW moments, which is said on stderr.
+absl::StatusOr<StateDict> ReadOptimizerStateIfPresent(const std::string& model_path,
+                                                      const std::string& what);
+// Loads what SaveModelAndOptimizer wrote at `model_path` (and the opt_ file beside it, if any)
+// into `model` and `optimizer`; returns the step. `what` names the model in errors.
 absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
                                               torch::nn::Module& model, AdamW& optimizer,
                                               const std::string& what);

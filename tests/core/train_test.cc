@@ -139,6 +139,43 @@ TEST_F(TrainTest, ResumeContinuesExactlyWithTheSameOptimizerState) {
   }
 }
 
+// An exported model is a bare model_NNNNNN file: no optimizer state, no EMA beside it. Resuming
+// from it (to train a shipped model further) starts fresh AdamW moments, as the reference does.
+TEST_F(TrainTest, ResumesFromBareWeightsWithFreshOptimizerMoments) {
+  auto run = [&](const std::string& out, const std::string& max_steps,
+                 const std::string& resume) {
+    auto extra = Common(out);
+    for (std::string s : {"--log_interval", "2", "--save_interval", "3", "--max_steps"}) {
+      extra.push_back(s);
+    }
+    extra.push_back(max_steps);
+    if (!resume.empty()) {
+      extra.push_back("--resume_checkpoint");
+      extra.push_back(resume);
+    }
+    return Train(TrainKind::kDiffusion, kModelFlags, extra);
+  };
+  const std::string first = dir_ + "/first", bare = dir_ + "/bare";
+  ASSERT_TRUE(run(first, "3", "").ok());
+  fs::create_directories(bare);
+  fs::copy_file(first + "/model_000003.safetensors", bare + "/model_000003.safetensors");
+  auto resumed = run(bare, "5", bare + "/model_000003.safetensors");
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 3);
+  EXPECT_EQ(resumed->end_step, 5);
+  for (const std::string name : {"model_000005", "ema_0.9999_000005", "opt_000005"}) {
+    EXPECT_TRUE(fs::exists(bare + "/" + name + ".safetensors")) << name;
+  }
+  auto start = ReadSafetensors(bare + "/model_000003.safetensors");
+  auto end = ReadSafetensors(bare + "/model_000005.safetensors");
+  ASSERT_TRUE(start.ok() && end.ok());
+  bool moved = false;
+  for (size_t i = 0; i < start->size(); ++i) {
+    moved = moved || !torch::equal((*start)[i].second, (*end)[i].second);
+  }
+  EXPECT_TRUE(moved) << "two more steps were trained from the bare weights";
+}
+
 TEST_F(TrainTest, ClassifierLearnsAndEvaluatesOnHeldOutData) {
   const std::string out = dir_ + "/classifier";
   auto extra = Common(out);
