@@ -4,6 +4,9 @@ scale, one line per sampler setting, the real-data row (when present) as a dashe
 
 Usage (Debian's Python with matplotlib: apt-get install python3-matplotlib):
   /usr/bin/python3 scripts/plot-sweep.py runs/sweep/sweep.csv [-o runs/sweep/sweep.png]
+  /usr/bin/python3 scripts/plot-sweep.py a/sweep.csv b/sweep.csv -o both.png   # sweeps together
+Several CSVs are drawn in one figure (a sampler setting found in two is drawn from both); they
+must have the same samples per point and the same reference batch to be comparable.
 """
 import argparse
 import csv
@@ -27,28 +30,33 @@ METRICS = [
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("csv", help="sweep.csv written by gd-eval sweep")
-    parser.add_argument("-o", "--out", help="PNG to write (default: beside the CSV)")
+    parser.add_argument("csv", nargs="+", help="sweep.csv files written by gd-eval sweep")
+    parser.add_argument("-o", "--out", help="PNG to write (default: beside the first CSV)")
     args = parser.parse_args()
-    out = args.out or os.path.splitext(args.csv)[0] + ".png"
+    out = args.out or os.path.splitext(args.csv[0])[0] + ".png"
 
     series = defaultdict(list)
     real = None
-    with open(args.csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["sampler"] == "real":
-                real = row
-            else:
-                series[f'{row["sampler"]} {row["steps"]}'].append(row)
+    for path in args.csv:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["sampler"] == "real":
+                    real = real or row
+                else:
+                    series[f'{row["sampler"]} {row["steps"]}'].append(row)
 
     fig, grid = plt.subplots(2, 3, figsize=(12, 7))
     axes = grid.flatten()
+    densest = max((len(rows) for rows in series.values()), default=0)
     for ax, (key, title) in zip(axes, METRICS):
         for name, rows in sorted(series.items()):
             points = [(float(r["classifier_scale"]), float(r[key])) for r in rows if r.get(key)]
             points.sort()
+            # A setting measured at fewer scales is dotted: its lines span unmeasured scales.
+            sparse = len(rows) < densest
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                ax.plot(*zip(*points), marker="o", linestyle=":" if sparse else "-",
+                        label=f"{name} ({len(rows)} scales)" if sparse else name)
         if real is not None and real.get(key):
             ax.axhline(float(real[key]), color="grey", linestyle="--", label="real images")
         ax.set_title(title)
