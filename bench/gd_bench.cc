@@ -5,6 +5,7 @@
 // peak, and request latency p50/p95/p99, at 1..32 concurrent single-image requests and for batch
 // requests of 1..64 images. Writes JSON and a Markdown table. Every scenario is time-bounded.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -65,6 +66,9 @@ ABSL_FLAG(std::string, skip_type, "logSNR", "dpm++: logSNR, time_uniform or time
 ABSL_FLAG(double, classifier_scale, 1.0, "Guidance scale of every request (0: unguided).");
 ABSL_FLAG(double, seconds, 8, "Duration of each scenario.");
 ABSL_FLAG(std::string, concurrency, "1,2,4,8,16,32", "Concurrent single-image requests.");
+ABSL_FLAG(double, unguided_share, 0,
+          "Concurrency scenarios: this fraction of the clients (0-1, spread among the others) "
+          "send unguided requests (scale 0), a mixed load.");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,32,64", "Images per request, one request at a time.");
 ABSL_FLAG(int, max_batch, 64, "Engine slots per UNet forward.");
 ABSL_FLAG(int, lanes, 0,
@@ -230,8 +234,23 @@ std::string SamplerDescription() {
                       absl::GetFlag(FLAGS_steps), " steps ", gd::ToString(SkipTypeFlag()));
 }
 
-// A request submitter: the latency of one request of `images` images, or the status it failed with.
-using Submitter = std::function<absl::StatusOr<double>(int64_t images, uint64_t seed)>;
+// A request submitter: the latency of one request of `images` images, guided with
+// --classifier_scale or unguided, or the status it failed with.
+using Submitter = std::function<absl::StatusOr<double>(int64_t images, uint64_t seed, bool guided)>;
+
+// Whether client `c` sends unguided requests under --unguided_share: the unguided
+// clients are spread evenly among the guided ones (share 0.5: every second client).
+bool UnguidedClient(int64_t c, double share) {
+  const auto unguided_before = [&](int64_t n) {
+    return static_cast<int64_t>(std::floor(static_cast<double>(n) * share + 1e-9));
+  };
+  return unguided_before(c + 1) > unguided_before(c);
+}
+
+// The scale of one benchmark request.
+double RequestScale(const gd::ModelBundle& m, bool guided) {
+  return m.has_classifier() && guided ? absl::GetFlag(FLAGS_classifier_scale) : 0;
+}
 
 class Waiter : public gd::JobObserver {
  public:
@@ -242,14 +261,14 @@ class Waiter : public gd::JobObserver {
 };
 
 Submitter EngineSubmitter(gd::Engine& engine, const gd::ModelBundle& m) {
-  return [&engine, &m](int64_t images, uint64_t seed) -> absl::StatusOr<double> {
+  return [&engine, &m](int64_t images, uint64_t seed, bool guided) -> absl::StatusOr<double> {
     gd::SampleJob job;
     for (int64_t i = 0; i < images; ++i) job.labels.push_back(i % std::max<int64_t>(1, m.num_classes()));
     if (m.num_classes() == 0) {
       job.labels.clear();
       job.num_samples = images;
     }
-    job.classifier_scale = m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0;
+    job.classifier_scale = RequestScale(m, guided);
     SetSampler(job);
     job.seed = seed;
     auto waiter = std::make_shared<Waiter>();
@@ -275,10 +294,11 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
   const auto end = start + std::chrono::duration<double>(duration);
   std::vector<std::thread> threads;
   for (int64_t c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
+    const bool guided = !UnguidedClient(c, absl::GetFlag(FLAGS_unguided_share));
+    threads.emplace_back([&, c, guided] {
       uint64_t seed = static_cast<uint64_t>(c) << 32;
       do {
-        const absl::StatusOr<double> latency = submit(images, seed++);
+        const absl::StatusOr<double> latency = submit(images, seed++, guided);
         std::lock_guard<std::mutex> lock(mu);
         if (!latency.ok()) {
           if (errors++ == 0) first_error = latency.status();
@@ -339,7 +359,7 @@ int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::
       std::cerr << "gd-bench: --profile " << images << " is more than --max_batch\n";
       return 2;
     }
-    if (absl::StatusOr<double> warm_up = submit(images, 1); !warm_up.ok()) {
+    if (absl::StatusOr<double> warm_up = submit(images, 1, true); !warm_up.ok()) {
       std::cerr << "gd-bench: the warm-up request of " << images << " images failed with "
                 << warm_up.status() << "\n";
       return 1;
@@ -349,7 +369,7 @@ int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::
     gd::OpProfile::Table table;
     {
       gd::OpProfile profile;
-      seconds = submit(images, 1);
+      seconds = submit(images, 1, true);
       table = profile.table();
     }
     if (!seconds.ok()) {
@@ -454,8 +474,13 @@ int main(int argc, char** argv) {
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),
               memory.c_str());
-  std::printf("requests: %s, classifier_scale %g\n", SamplerDescription().c_str(),
-              m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0);
+  const double unguided_share = absl::GetFlag(FLAGS_unguided_share);
+  if (!(unguided_share >= 0 && unguided_share <= 1)) {
+    std::cerr << "gd-bench: --unguided_share = " << unguided_share << " is not in [0, 1]\n";
+    return 2;
+  }
+  std::printf("requests: %s, classifier_scale %g, unguided share of concurrent clients %g\n",
+              SamplerDescription().c_str(), RequestScale(m, true), unguided_share);
 
   gd::EngineOptions options;
   options.max_batch = absl::GetFlag(FLAGS_max_batch);
@@ -473,7 +498,7 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   const Submitter in_process = EngineSubmitter(*engine, m);
   // Warm up (allocator, oneDNN primitives); a request that fails here fails in every scenario.
-  if (absl::StatusOr<double> warm_up = in_process(1, 0); !warm_up.ok()) {
+  if (absl::StatusOr<double> warm_up = in_process(1, 0, true); !warm_up.ok()) {
     std::cerr << "gd-bench: the warm-up request failed with " << warm_up.status() << "\n";
     return 1;
   }
@@ -517,14 +542,15 @@ int main(int argc, char** argv) {
     client_options.target = absl::StrCat("127.0.0.1:", port);
     auto client = gd::client::SamplerClient::Create(client_options);
     if (server && client.ok()) {
-      const Submitter over_grpc = [&](int64_t images, uint64_t seed) -> absl::StatusOr<double> {
+      const Submitter over_grpc = [&](int64_t images, uint64_t seed,
+                                      bool guided) -> absl::StatusOr<double> {
         guided_diffusion::v1::SampleRequest request;
         for (int64_t i = 0; i < images; ++i) request.add_labels(i % std::max<int64_t>(1, m.num_classes()));
         if (m.num_classes() == 0) {
           request.clear_labels();
           request.set_num_samples(static_cast<uint32_t>(images));
         }
-        request.set_classifier_scale(m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0);
+        request.set_classifier_scale(RequestScale(m, guided));
         SetSampler(request);
         request.set_seed(seed);
         const auto start = Clock::now();
@@ -552,7 +578,8 @@ int main(int argc, char** argv) {
       {"max_batch", absl::GetFlag(FLAGS_max_batch)},
       {"cores", std::thread::hardware_concurrency()},
       {"sampler", SamplerDescription()},
-      {"classifier_scale", m.has_classifier() ? absl::GetFlag(FLAGS_classifier_scale) : 0.0},
+      {"classifier_scale", RequestScale(m, true)},
+      {"unguided_share", unguided_share},
       {"unet_gflop_per_image", flops.unet_per_image / 1e9},
       {"classifier_gflop_per_image", flops.classifier_per_image / 1e9},
       {"matmul_peak_gflops", peak},
