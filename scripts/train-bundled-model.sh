@@ -26,6 +26,10 @@ CLASSIFIER_FLAGS="--image_size 28 --in_channels 1 --num_classes 10 --classifier_
 --classifier_num_head_channels 32 --classifier_pool attention \
 --classifier_use_scale_shift_norm True --classifier_resblock_updown True \
 --noise_schedule cosine --diffusion_steps 1000"
+# What the server uses when a request does not say (docs/quality.md: DDPM 250 steps is the
+# best sampler of this model; scale 10 the best FID in every sweep).
+SERVE_RESPACING=250
+DEFAULT_SCALE=10
 # gd-eval's evaluator: a plain CNN classifier of clean images (eval/evaluator.h).
 EVALUATOR_FLAGS="--image_size 28 --in_channels 1 --num_classes 10 --evaluator_channels 32,64,128 \
 --evaluator_feature_channels 256 --evaluator_spatial_stage 1 --evaluator_spatial_channels 7 \
@@ -50,28 +54,41 @@ case "${1:-}" in
       --threads "$THREADS" --seed 2 --resume_checkpoint latest
     ;;
   export)
+    # The newest weights of each run folder there is; a part whose folder is absent (trained in
+    # another checkout) keeps the shipped file. model.json is then written whole, the steps read
+    # from the weights' own metadata (gd-train records "step"), with the serving defaults that
+    # docs/quality.md's sweeps chose.
     out=models/fashion-mnist
     mkdir -p "$out"
-    diffusion=$(ls -1 "$RUNS"/fashion-mnist-diffusion/ema_0.999_*.safetensors | sort | tail -n 1)
-    classifier=$(ls -1 "$RUNS"/fashion-mnist-classifier/model_*.safetensors | sort | tail -n 1)
-    cp "$diffusion" "$out/model.safetensors"
-    cp "$classifier" "$out/classifier.safetensors"
-    diffusion_step=$(basename "$diffusion" .safetensors | sed 's/.*_0*//')
-    classifier_step=$(basename "$classifier" .safetensors | sed 's/.*_0*//')
+    newest() { ls -1 "$@" 2>/dev/null | sort | tail -n 1 || true; }
+    diffusion=$(newest "$RUNS"/fashion-mnist-diffusion/ema_0.999_*.safetensors)
+    classifier=$(newest "$RUNS"/fashion-mnist-classifier/model_*.safetensors)
+    if [ -z "$diffusion$classifier" ]; then
+      echo "export: no checkpoints in $RUNS/fashion-mnist-diffusion or -classifier" >&2
+      exit 1
+    fi
+    if [ -n "$diffusion" ]; then cp "$diffusion" "$out/model.safetensors"; echo "exported $diffusion"; fi
+    if [ -n "$classifier" ]; then cp "$classifier" "$out/classifier.safetensors"; echo "exported $classifier"; fi
+    step_of() {
+      python3 -c 'import json, struct, sys
+f = open(sys.argv[1], "rb")
+print(json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]["step"])' "$1"
+    }
     squeeze() { echo "$1" | tr -s ' '; }
     cat > "$out/model.json" <<JSON
 {
   "name": "fashion-mnist",
-  "description": "Unconditional 28x28 Fashion-MNIST diffusion model (EMA 0.999, step $diffusion_step) and noisy classifier (step $classifier_step), trained by gd-train; see MODEL_CARD.md",
-  "model_flags": "$(squeeze "$MODEL_FLAGS")",
+  "description": "Unconditional 28x28 Fashion-MNIST diffusion model (EMA 0.999, step $(step_of "$out/model.safetensors")) and noisy classifier (step $(step_of "$out/classifier.safetensors")), trained by gd-train; see MODEL_CARD.md",
+  "model_flags": "$(squeeze "$MODEL_FLAGS") --timestep_respacing $SERVE_RESPACING",
   "model_path": "model.safetensors",
   "classifier_flags": "$(squeeze "$CLASSIFIER_FLAGS")",
   "classifier_path": "classifier.safetensors",
+  "default_classifier_scale": $DEFAULT_SCALE,
   "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                   "Sneaker", "Bag", "Ankle boot"]
 }
 JSON
-    echo "exported $diffusion and $classifier to $out"
+    echo "wrote $out/model.json"
     ;;
   evaluator)
     steps=${2:-4000}
