@@ -1,7 +1,6 @@
 // The bundled Fashion-MNIST model (models/fashion-mnist): it loads as gd-server loads it, samples
 // through the engine, and classifier guidance picks the class an unconditional model draws.
 #include <filesystem>
-#include <future>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -13,12 +12,6 @@
 
 namespace gd {
 namespace {
-
-class Waiter : public JobObserver {
- public:
-  void OnFinished(absl::StatusOr<JobResult> r) override { done.set_value(std::move(r)); }
-  std::promise<absl::StatusOr<JobResult>> done;
-};
 
 absl::StatusOr<std::shared_ptr<ModelBundle>> LoadBundled(Precision precision) {
   ASSIGN_OR_RETURN(ModelSpec spec, ReadModelDir(testing::SourceDir() + "/models/fashion-mnist"));
@@ -93,10 +86,7 @@ TEST(BundledModel, GuidanceDrawsTheAskedClasses) {
   job.sampler = SamplerKind::kDdim;
   job.timestep_respacing = "ddim20";
   job.seed = 11;
-  auto waiter = std::make_shared<Waiter>();
-  auto future = waiter->done.get_future();
-  ASSERT_TRUE((*engine)->Submit(job, waiter).ok());
-  auto result = future.get();
+  auto result = testing::SampleAndWait(**engine, job);
   ASSERT_TRUE(result.ok()) << result.status();
   const torch::Tensor x = result->samples;
   EXPECT_EQ(x.sizes(), torch::IntArrayRef({10, 1, 28, 28}));

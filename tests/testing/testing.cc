@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 
 #include "tests/testing/paths.h"
@@ -56,6 +57,20 @@ std::string TempDir(const std::string& tag) {
   std::string templ = (root / ("gd-" + tag + "-XXXXXX")).string();
   char* made = mkdtemp(templ.data());
   return made ? std::string(made) : (root / ("gd-" + tag)).string();
+}
+
+absl::StatusOr<JobResult> SampleAndWait(Engine& engine, const SampleJob& job) {
+  class Waiter : public JobObserver {
+   public:
+    void OnFinished(absl::StatusOr<JobResult> r) override { done.set_value(std::move(r)); }
+    std::promise<absl::StatusOr<JobResult>> done;
+  };
+  auto waiter = std::make_shared<Waiter>();
+  std::future<absl::StatusOr<JobResult>> future = waiter->done.get_future();
+  if (auto handle = engine.Submit(job, waiter); !handle.ok()) {
+    return handle.status();
+  }
+  return future.get();
 }
 
 ModelSpec ParityFixture::Spec(bool with_classifier) const {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "core/engine/engine.h"
 #include "core/nn/model_bundle.h"
 
 namespace gd::testing {
@@ -35,6 +36,9 @@ inline constexpr double kBatchTolerance = 1e-3;
 
 // A fresh temporary directory (the caller removes it).
 std::string TempDir(const std::string& tag);
+
+// Submits `job` to `engine` and waits for its result (or the status it failed with).
+absl::StatusOr<JobResult> SampleAndWait(Engine& engine, const SampleJob& job);
 
 // fixtures/parity-64, read once per process: fixture.json, every tensor of tensors.pt, and the
 // spec of its model ("parity") with or without its classifier. Call only when Parity64Dir() is
