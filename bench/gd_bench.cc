@@ -431,6 +431,11 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> concurrency =
       ParseList("concurrency", absl::GetFlag(FLAGS_concurrency));
   const std::vector<int64_t> batches = ParseList("batches", absl::GetFlag(FLAGS_batches));
+  const double unguided_share = absl::GetFlag(FLAGS_unguided_share);
+  if (!(unguided_share >= 0 && unguided_share <= 1)) {
+    std::cerr << "gd-bench: --unguided_share = " << unguided_share << " is not in [0, 1]\n";
+    return 2;
+  }
   spdlog::set_level(spdlog::level::warn);  // no per-request log lines in the figures' way
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
@@ -474,11 +479,6 @@ int main(int argc, char** argv) {
               absl::GetFlag(FLAGS_mkldnn) ? "on" : "off",
               absl::GetFlag(FLAGS_channels_last) ? "on" : "off", static_cast<long long>(lanes),
               memory.c_str());
-  const double unguided_share = absl::GetFlag(FLAGS_unguided_share);
-  if (!(unguided_share >= 0 && unguided_share <= 1)) {
-    std::cerr << "gd-bench: --unguided_share = " << unguided_share << " is not in [0, 1]\n";
-    return 2;
-  }
   std::printf("requests: %s, classifier_scale %g, unguided share of concurrent clients %g\n",
               SamplerDescription().c_str(), RequestScale(m, true), unguided_share);
 
