@@ -15,9 +15,12 @@ trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do build/bin/gd health --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break; sleep 0.5; done
 LABELS=$(for c in 0 1 2 3 4 5 6 7 8 9; do for _ in 1 2 3 4 5 6 7 8; do printf '%s,' "$c"; done; done)
 LABELS=${LABELS%,}
+# At the model's own size and without captions (gd sample's defaults scale up and caption), as
+# the committed figures were drawn: the card labels the grids itself.
 for scale in 0 1 3 10; do
   build/bin/gd sample --server "127.0.0.1:$PORT" --labels "$LABELS" --classifier_scale "$scale" \
-    --sampler ddim --timestep_respacing ddim50 --seed 2026 --columns 8 --out "$OUT/scale_$scale.png" \
+    --sampler ddim --timestep_respacing ddim50 --seed 2026 --columns 8 --min_tile_px 0 --captions=false \
+    --out "$OUT/scale_$scale.png" \
     --npz "$OUT/scale_$scale.npz"
 done
 # The README's pictures: a denoising strip (pred_xstart at 10 evenly spaced steps, one row per
