@@ -100,7 +100,8 @@ absl::StatusOr<TrainSummary> TrainDiffusion(const ReferenceFlags& flags,
         ASSIGN_OR_RETURN(auto state, ReadCheckpoint(path));
         RETURN_IF_ERROR(ema.Load(state));
       }
-      ASSIGN_OR_RETURN(auto opt_state, train::ReadOptimizerStateIfPresent(resume, "diffusion"));
+      ASSIGN_OR_RETURN(auto opt_state,
+                       train::ReadOptimizerStateIfPresent(resume, step, "diffusion"));
       if (!opt_state.empty()) RETURN_IF_ERROR(optimizer.LoadState(opt_state));
       if (loss_aware != nullptr) {
         torch::Tensor history, counts;

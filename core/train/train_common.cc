@@ -130,20 +130,14 @@ absl::StatusOr<int64_t> LoadModelAndOptimizer(const std::string& model_path,
   }
   ASSIGN_OR_RETURN(auto weights, ReadCheckpoint(model_path));
   RETURN_IF_ERROR(LoadStateDict(model, weights, what, model_path));
-  ASSIGN_OR_RETURN(auto opt_state, ReadOptimizerStateIfPresent(model_path, what));
+  ASSIGN_OR_RETURN(auto opt_state, ReadOptimizerStateIfPresent(model_path, *step, what));
   if (!opt_state.empty()) RETURN_IF_ERROR(optimizer.LoadState(opt_state));
   return *step;
 }
 
 absl::StatusOr<StateDict> ReadOptimizerStateIfPresent(const std::string& model_path,
-                                                      const std::string& what) {
-  const std::optional<int64_t> step = StepFromPath(model_path);
-  if (!step) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_path, " is not named model_NNNNNN.safetensors"));
-  }
-  const std::string path =
-      CheckpointPath(fs::path(model_path).parent_path().string(), "opt", *step);
+                                                      int64_t step, const std::string& what) {
+  const std::string path = CheckpointPath(fs::path(model_path).parent_path().string(), "opt", step);
   if (!fs::exists(path)) {
     std::cerr << "[" << what << "] no " << fs::path(path).filename().string() << " beside "
               << model_path << ": starting fresh optimizer moments from these weights" << std::endl;

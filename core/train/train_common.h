@@ -44,10 +44,11 @@ absl::Status SaveState(const std::string& path, const StateDict& state,
 absl::StatusOr<std::string> SaveModelAndOptimizer(
     const std::string& out, int64_t step, const torch::nn::Module& model, const AdamW& optimizer,
     const std::map<std::string, std::string>& metadata, int64_t keep);
-// The optimizer state saved beside `model_path` (opt_NNNNNN.safetensors of its step), or an empty
-// state when there is none: like the reference's TrainLoop, a run may resume from bare weights (an
-// exported model) and start fresh AdamW moments, which is said on stderr.
-absl::StatusOr<StateDict> ReadOptimizerStateIfPresent(const std::string& model_path,
+// The optimizer state saved beside `model_path` (opt_NNNNNN.safetensors of `step`, the step its
+// name holds), or an empty state when there is none: like the reference's TrainLoop, a run may
+// resume from bare weights (an exported model) and start fresh AdamW moments, which is said on
+// stderr.
+absl::StatusOr<StateDict> ReadOptimizerStateIfPresent(const std::string& model_path, int64_t step,
                                                       const std::string& what);
 // Loads what SaveModelAndOptimizer wrote at `model_path` (and the opt_ file beside it, if any)
 // into `model` and `optimizer`; returns the step. `what` names the model in errors.
