@@ -171,6 +171,7 @@ struct Result {
   double peak_fraction = 0;
   double p50 = 0, p95 = 0, p99 = 0;
   double unet_share = 0;  // of the engine's iteration time spent in UNet forwards
+  double lane_idle = 0;   // of the lanes' time in split iterations, spent waiting (EngineStats)
 };
 
 // The sampler that --sampler names (by core's own names); exits with a usage error otherwise.
@@ -330,6 +331,8 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
   r.peak_fraction = peak > 0 ? r.gflops / peak : 0;
   const double step_seconds = after.step_seconds - before.step_seconds;
   r.unet_share = step_seconds > 0 ? (after.forward_seconds - before.forward_seconds) / step_seconds : 0;
+  const double lane_seconds = after.lane_seconds - before.lane_seconds;
+  r.lane_idle = lane_seconds > 0 ? (after.lane_idle_seconds - before.lane_idle_seconds) / lane_seconds : 0;
   r.p50 = Percentile(latencies, 0.50);
   r.p95 = Percentile(latencies, 0.95);
   r.p99 = Percentile(latencies, 0.99);
@@ -342,10 +345,11 @@ Result Measure(const std::string& mode, const std::string& scenario, int64_t cli
 
 void Print(const Result& r) {
   std::printf("%-6s %-11s %4lld | %7.2f img/s | %6.2f fwd/s | batch %5.1f | %7.1f GFLOP/s (%4.1f%%) "
-              "| p50 %6.2f s p95 %6.2f s p99 %6.2f s | UNet %2.0f%% of step | %lld req\n",
+              "| p50 %6.2f s p95 %6.2f s p99 %6.2f s | UNet %2.0f%% of step | lanes idle %2.0f%% "
+              "| %lld req\n",
               r.mode.c_str(), r.scenario.c_str(), static_cast<long long>(r.n), r.images_per_s,
               r.forwards_per_s, r.mean_batch, r.gflops, 100 * r.peak_fraction, r.p50, r.p95,
-              r.p99, 100 * r.unet_share, static_cast<long long>(r.requests));
+              r.p99, 100 * r.unet_share, 100 * r.lane_idle, static_cast<long long>(r.requests));
   std::fflush(stdout);
 }
 
@@ -594,7 +598,8 @@ int main(int argc, char** argv) {
                                {"forwards_per_s", r.forwards_per_s}, {"mean_batch", r.mean_batch},
                                {"gflops", r.gflops}, {"peak_fraction", r.peak_fraction},
                                {"latency_p50_s", r.p50}, {"latency_p95_s", r.p95},
-                               {"latency_p99_s", r.p99}, {"unet_share_of_step", r.unet_share}});
+                               {"latency_p99_s", r.p99}, {"unet_share_of_step", r.unet_share},
+                               {"lane_idle_share", r.lane_idle}});
     absl::StrAppendFormat(&md, "| %s | %s | %d | %.2f | %.2f | %.1f | %.1f | %.1f%% | %.2f | %.2f | %.2f |\n",
                           r.mode, r.scenario, r.n, r.images_per_s, r.forwards_per_s, r.mean_batch,
                           r.gflops, 100 * r.peak_fraction, r.p50, r.p95, r.p99);

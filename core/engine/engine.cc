@@ -116,6 +116,7 @@ struct Engine::Batch {
   };
   std::vector<Group> groups;
   double forward_seconds = 0;
+  double lane_seconds = 0, lane_idle_seconds = 0;  // with lanes (EngineStats)
 };
 
 void JobHandle::Cancel() {
@@ -659,9 +660,14 @@ void Engine::RunLanes(Batch& b, int64_t lanes) const {
   const int threads = static_cast<int>(std::max<int64_t>(1, options_.threads / lanes));
   const std::vector<std::vector<int64_t>> dealt = DealRowsToLanes(b.rows, b.guided_rows, lanes);
   std::vector<torch::Tensor> outputs(dealt.size()), grads(dealt.size());
+  std::vector<double> busy(dealt.size(), 0.0);
+  const Clock::time_point start = Clock::now();
   const auto run_lane = [&, threads](size_t i) {
+    const Clock::time_point lane_start = Clock::now();
     SetIntraOpThreadsOfThisThread(threads);
-    return RunRows(b, dealt[i], outputs[i], grads[i]);
+    const double unet_seconds = RunRows(b, dealt[i], outputs[i], grads[i]);
+    busy[i] = Seconds(lane_start, Clock::now());
+    return unet_seconds;
   };
   std::vector<std::future<void>> others;
   for (size_t i = 1; i < dealt.size(); ++i) {
@@ -690,6 +696,9 @@ void Engine::RunLanes(Batch& b, int64_t lanes) const {
       if (!failure) failure = std::current_exception();
     }
   }
+  const double wall = Seconds(start, Clock::now());
+  b.lane_seconds = wall * static_cast<double>(busy.size());
+  for (double lane_busy : busy) b.lane_idle_seconds += wall - lane_busy;
   // The rest of the iteration, and a later batch of one, has every thread again.
   SetIntraOpThreadsOfThisThread(static_cast<int>(options_.threads));
   if (failure) std::rethrow_exception(failure);
@@ -741,6 +750,8 @@ void Engine::Count(const Batch& b, double step_seconds) {
     ++stats_.batch_size_counts[static_cast<size_t>(b.rows)];
   }
   stats_.forward_seconds += b.forward_seconds;
+  stats_.lane_seconds += b.lane_seconds;
+  stats_.lane_idle_seconds += b.lane_idle_seconds;
   stats_.step_seconds += step_seconds;
   const auto& bounds = EngineStats::StepSecondsBounds();
   const size_t bucket = static_cast<size_t>(

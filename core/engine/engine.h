@@ -114,6 +114,11 @@ struct EngineStats {
   int64_t active_slots = 0;   // now
   std::vector<int64_t> batch_size_counts;  // [b] = iterations that ran b slots
   double forward_seconds = 0;  // in UNet forwards
+  // Split iterations: lanes x the wall time of their networks phase, and of that the time lanes
+  // sat idle (waiting for the slowest lane, or for their thread to start). Their ratio is the
+  // share of the lanes' time lost at the end-of-networks barrier.
+  double lane_seconds = 0;
+  double lane_idle_seconds = 0;
   double step_seconds = 0;     // in whole iterations
   // Iteration latency histogram: counts per bucket of StepSecondsBounds(), +Inf last.
   std::vector<int64_t> step_seconds_buckets;

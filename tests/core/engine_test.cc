@@ -248,6 +248,10 @@ TEST_F(EngineTest, LanesSplitTheNetworksAndMatchOneLane) {
   // Every batch of two or more rows split (the first request may have started alone).
   EXPECT_GT(stats.split_iterations, 0);
   EXPECT_EQ(stats.split_iterations, stats.iterations - stats.batch_size_counts[1]);
+  // The lanes' time of those iterations is counted, and its idle part is a part of it.
+  EXPECT_GT(stats.lane_seconds, 0);
+  EXPECT_GE(stats.lane_idle_seconds, 0);
+  EXPECT_LT(stats.lane_idle_seconds, stats.lane_seconds);
   EXPECT_EQ(stats.slot_steps, 8 * 4);
   EXPECT_EQ(stats.images_completed, 8);
 }
@@ -259,6 +263,7 @@ TEST_F(EngineTest, OneLaneRunsNoSplit) {
   ASSERT_TRUE(engine->Submit(job, collector).ok());
   ASSERT_TRUE(collector->Wait().ok());
   EXPECT_EQ(engine->stats().split_iterations, 0);
+  EXPECT_EQ(engine->stats().lane_seconds, 0);
 }
 
 TEST_F(EngineTest, LanesAreCheckedAtCreate) {
