@@ -84,6 +84,9 @@ ABSL_FLAG(std::string, profile, "",
           "Instead of the throughput scenarios: profile one request of each of these sizes (e.g. "
           "1,8,32) by operator class and engine phase, after an unprofiled request of the same "
           "size (CPU only; --markdown writes the tables).");
+ABSL_FLAG(int, profile_operators, 15,
+          "With --profile: also list this many operators (by name and phase) that took the most "
+          "time, per step (0: none).");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, markdown, "", "Write the results as a Markdown table here.");
 
@@ -371,10 +374,12 @@ int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::
     const gd::EngineStats before = engine.stats();
     absl::StatusOr<double> seconds;
     gd::OpProfile::Table table;
+    std::vector<gd::OpProfile::Operator> operators;
     {
       gd::OpProfile profile;
       seconds = submit(images, 1, true);
       table = profile.table();
+      operators = profile.operators();
     }
     if (!seconds.ok()) {
       std::cerr << "gd-bench: the profiled request of " << images << " images failed with "
@@ -387,9 +392,14 @@ int RunProfiles(const std::vector<int64_t>& sizes, const Submitter& submit, gd::
     run.steps = engine.stats().iterations - before.iterations;
     run.seconds = *seconds;
     run.peak_gflops = peak;
+    const auto top = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_profile_operators)));
     std::printf("%s\n", gd::bench::FormatProfileText(run, table).c_str());
-    std::fflush(stdout);
     absl::StrAppend(&markdown, gd::bench::FormatProfileMarkdown(run, table), "\n");
+    if (top > 0) {
+      std::printf("%s\n", gd::bench::FormatTopOperatorsText(run, operators, top).c_str());
+      absl::StrAppend(&markdown, gd::bench::FormatTopOperatorsMarkdown(run, operators, top), "\n");
+    }
+    std::fflush(stdout);
   }
   if (!absl::GetFlag(FLAGS_markdown).empty()) std::ofstream(absl::GetFlag(FLAGS_markdown)) << markdown;
   return 0;

@@ -1,5 +1,6 @@
 #include "bench/profile_report.h"
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -101,23 +102,27 @@ std::vector<std::vector<std::string>> Cells(const ProfileRun& run, const Folded&
   return rows;
 }
 
-}  // namespace
-
-std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table) {
-  const Folded f = Fold(run, table);
-  std::string out = Header(run, f) + "\n";
-  for (const auto& row : Cells(run, f)) {
-    absl::StrAppendFormat(&out, "  %-18s", row[0]);
-    for (size_t i = 1; i < row.size(); ++i) absl::StrAppendFormat(&out, " %10s", row[i]);
+// Aligned text: the first column left-aligned, the others right-aligned, each as wide as its
+// widest cell.
+std::string RenderText(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    absl::StrAppendFormat(&out, "  %-*s", static_cast<int>(widths[0]), row[0]);
+    for (size_t i = 1; i < row.size(); ++i) {
+      absl::StrAppendFormat(&out, "  %*s", static_cast<int>(std::max<size_t>(widths[i], 8)), row[i]);
+    }
     out += "\n";
   }
   return out;
 }
 
-std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table) {
-  const Folded f = Fold(run, table);
-  std::string out = absl::StrCat("**", Header(run, f), "**\n\n");
-  const auto rows = Cells(run, f);
+std::string RenderMarkdown(const std::vector<std::vector<std::string>>& rows) {
+  std::string out;
   for (size_t r = 0; r < rows.size(); ++r) {
     absl::StrAppend(&out, "| ", absl::StrJoin(rows[r], " | "), " |\n");
     if (r != 0) continue;
@@ -126,6 +131,52 @@ std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table&
     absl::StrAppend(&out, "\n");
   }
   return out;
+}
+
+// The `count` operators that took the most time, with their phase, per step.
+std::vector<std::vector<std::string>> OperatorCells(const ProfileRun& run,
+                                                    const std::vector<OpProfile::Operator>& ops,
+                                                    size_t count) {
+  const double per_step = 1.0 / static_cast<double>(std::max<int64_t>(1, run.steps));
+  double total = 0;
+  for (const auto& op : ops) total += op.stats.seconds;
+  std::vector<std::vector<std::string>> rows = {
+      {"operator", "phase", "class", "calls/step", "ms/step", "share"}};
+  for (size_t i = 0; i < std::min(count, ops.size()); ++i) {
+    const OpProfile::Operator& op = ops[i];
+    const size_t column = PhaseColumn(op.phase);
+    rows.push_back({op.name, column + 1 < kPhases ? kPhaseTitles[column] : op.phase,
+                    std::string(ToString(ClassifyOperator(op.name))),
+                    absl::StrFormat("%.1f", static_cast<double>(op.stats.calls) * per_step),
+                    absl::StrFormat("%.2f", 1e3 * op.stats.seconds * per_step),
+                    absl::StrFormat("%.1f%%", total > 0 ? 100 * op.stats.seconds / total : 0.0)});
+  }
+  return rows;
+}
+
+}  // namespace
+
+std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table) {
+  const Folded f = Fold(run, table);
+  return Header(run, f) + "\n" + RenderText(Cells(run, f));
+}
+
+std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table) {
+  const Folded f = Fold(run, table);
+  return absl::StrCat("**", Header(run, f), "**\n\n", RenderMarkdown(Cells(run, f)));
+}
+
+std::string FormatTopOperatorsText(const ProfileRun& run,
+                                   const std::vector<OpProfile::Operator>& operators, size_t count) {
+  return absl::StrCat("The ", std::min(count, operators.size()),
+                      " operators that took the most time (exclusive):\n",
+                      RenderText(OperatorCells(run, operators, count)));
+}
+
+std::string FormatTopOperatorsMarkdown(const ProfileRun& run,
+                                       const std::vector<OpProfile::Operator>& operators,
+                                       size_t count) {
+  return RenderMarkdown(OperatorCells(run, operators, count));
 }
 
 }  // namespace gd::bench

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/nn/op_profile.h"
 
@@ -21,5 +22,13 @@ struct ProfileRun {
 // The table as aligned text (for a terminal) and as Markdown (for docs/benchmarks.md).
 std::string FormatProfileText(const ProfileRun& run, const OpProfile::Table& table);
 std::string FormatProfileMarkdown(const ProfileRun& run, const OpProfile::Table& table);
+
+// The `count` operators (by name and phase) that took the most exclusive time, per step, with
+// their class and share of the profiled time: what a class's cell is made of.
+std::string FormatTopOperatorsText(const ProfileRun& run,
+                                   const std::vector<OpProfile::Operator>& operators, size_t count);
+std::string FormatTopOperatorsMarkdown(const ProfileRun& run,
+                                       const std::vector<OpProfile::Operator>& operators,
+                                       size_t count);
 
 }  // namespace gd::bench

@@ -1,5 +1,6 @@
 #include "core/nn/op_profile.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -113,8 +114,7 @@ void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
   OpProfile* profile = active_profile.load(std::memory_order_acquire);
   if (profile == nullptr) return;
   const std::string_view name = fn.name();
-  profile->Book(phase, ClassifyOperator(name), elapsed - frame.children_seconds,
-                OperatorFlops(fn, name));
+  profile->Book(phase, name, elapsed - frame.children_seconds, OperatorFlops(fn, name));
 }
 
 }  // namespace
@@ -185,12 +185,29 @@ OpProfile::Table OpProfile::table() const {
   return table_;
 }
 
-void OpProfile::Book(const std::string& phase, OpClass c, double seconds, int64_t flops) {
+std::vector<OpProfile::Operator> OpProfile::operators() const {
+  std::vector<Operator> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, stats] : by_name_) out.push_back({key.first, key.second, stats});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const Operator& a, const Operator& b) {
+    return a.stats.seconds > b.stats.seconds;
+  });
+  return out;
+}
+
+void OpProfile::Book(const std::string& phase, std::string_view name, double seconds,
+                     int64_t flops) {
+  const auto add = [&](OpStats& s) {
+    s.seconds += seconds;
+    s.flops += flops;
+    ++s.calls;
+  };
   std::lock_guard<std::mutex> lock(mu_);
-  OpStats& s = table_[phase][static_cast<size_t>(c)];
-  s.seconds += seconds;
-  s.flops += flops;
-  ++s.calls;
+  add(table_[phase][static_cast<size_t>(ClassifyOperator(name))]);
+  auto key = std::make_pair(phase, std::string(name));
+  add(by_name_[std::move(key)]);
 }
 
 }  // namespace gd

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace gd {
 
@@ -58,12 +60,21 @@ class OpProfile {
   // What has been recorded so far (operators that have ended).
   Table table() const;
 
+  // The same by operator name within each phase, the most exclusive time first: which operators
+  // make up a class's cell (e.g. which copies the input gradient makes).
+  struct Operator {
+    std::string phase, name;
+    OpStats stats;
+  };
+  std::vector<Operator> operators() const;
+
   // Called by the callbacks.
-  void Book(const std::string& phase, OpClass c, double seconds, int64_t flops);
+  void Book(const std::string& phase, std::string_view name, double seconds, int64_t flops);
 
  private:
   mutable std::mutex mu_;
   Table table_;
+  std::map<std::pair<std::string, std::string>, OpStats> by_name_;  // (phase, operator)
   uint64_t handle_;
 };
 

@@ -2,6 +2,7 @@
 // engine's phases, and the guidance backward computing input gradients only.
 #include <chrono>
 #include <stdexcept>
+#include <vector>
 
 #include <ATen/record_function.h>
 #include <gtest/gtest.h>
@@ -77,6 +78,37 @@ TEST(OpProfile, CountsTheSameForwardFlopsAsTheLayers) {
   EXPECT_EQ(AllFlops(table), counter.flops());
   EXPECT_GT(table.at("other")[static_cast<size_t>(OpClass::kConvolution)].seconds, 0);
   EXPECT_GT(table.at("other")[static_cast<size_t>(OpClass::kGroupNorm)].calls, 0);
+}
+
+// By operator name: the same operators, calls and FLOPs as the class table, most time first.
+TEST(OpProfile, ListsOperatorsByNameAsTheClassTableCountsThem) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor a = torch::randn({64, 64}), b = torch::randn({64, 64});
+  OpProfile profile;
+  for (int i = 0; i < 3; ++i) torch::mm(a, b);
+  torch::add(a, b);
+  const OpProfile::Table table = profile.table();
+  const std::vector<OpProfile::Operator> ops = profile.operators();
+  int64_t calls = 0, flops = 0, mm_entries = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    calls += ops[i].stats.calls;
+    flops += ops[i].stats.flops;
+    if (i > 0) EXPECT_GE(ops[i - 1].stats.seconds, ops[i].stats.seconds);
+    if (ops[i].name == "aten::mm") {
+      ++mm_entries;
+      EXPECT_EQ(ops[i].phase, "other");
+      EXPECT_EQ(ops[i].stats.calls, 3);
+      EXPECT_EQ(ops[i].stats.flops, 3 * 2 * 64 * 64 * 64);
+    }
+  }
+  EXPECT_EQ(mm_entries, 1);
+  int64_t table_calls = 0;
+  for (const auto& [phase, classes] : table) {
+    for (const OpStats& s : classes) table_calls += s.calls;
+  }
+  EXPECT_EQ(calls, table_calls);
+  EXPECT_EQ(flops, AllFlops(table));
+  EXPECT_EQ(table.at("other")[static_cast<size_t>(OpClass::kMatmul)].calls, 3);
 }
 
 TEST(OpProfile, GuidanceBackwardComputesInputGradientsOnly) {
