@@ -102,9 +102,10 @@ TEST_F(BundledEvaluator, HalvesOfTheTestSetAreCloseAndOtherImagesFar) {
 
 // The bundled model's guided samples judged by the evaluator, a network the guiding classifier
 // never saw: at the recommended scale most are of the class asked for. docs/quality.md measured
-// 0.880 on 2,000 samples (DPM-Solver++ 15 calls, scale 10, classifier step 8,000; 0.8445 with
-// step 4,000). Here 40 samples of one seed with 10 calls, which gave 34 agreeing when this test
-// was written; the bound leaves room for a few samples that flip on another CPU's arithmetic.
+// 0.938 on 2,000 samples (DPM-Solver++ 15 calls, scale 10, diffusion step 13,400, classifier step
+// 8,000; 0.880 with diffusion step 8,400). Here 40 samples of one seed with 10 calls, which gave
+// 37 agreeing with step 13,400 (34 with 8,400); the bound leaves room for a few samples that flip
+// on another CPU's arithmetic.
 TEST(BundledModelSamples, AgreeWithTheEvaluatorAtTheRecommendedScale) {
   auto spec = ReadModelDir(testing::SourceDir() + "/models/fashion-mnist");
   ASSERT_TRUE(spec.ok()) << spec.status();
@@ -133,7 +134,7 @@ TEST(BundledModelSamples, AgreeWithTheEvaluatorAtTheRecommendedScale) {
   const int64_t agreeing =
       (predicted == torch::tensor(job.labels, torch::kInt64)).sum().item<int64_t>();
   std::cerr << agreeing << " of 40 samples agree with the evaluator\n";
-  EXPECT_GE(agreeing, 31) << "predicted " << predicted;
+  EXPECT_GE(agreeing, 34) << "predicted " << predicted;
 }
 
 }  // namespace
