@@ -600,7 +600,8 @@ int main(int argc, char** argv) {
       {"results", nlohmann::json::array()}};
   std::string md = absl::StrFormat(
       "| mode | scenario | n | images/s | UNet forwards/s | mean batch | GFLOP/s | of peak | p50 s | "
-      "p95 s | p99 s |\n| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n");
+      "p95 s | p99 s | lanes idle |\n"
+      "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n");
   for (const Result& r : results) {
     json["results"].push_back({{"mode", r.mode}, {"scenario", r.scenario}, {"n", r.n},
                                {"requests", r.requests}, {"images", r.images},
@@ -610,9 +611,11 @@ int main(int argc, char** argv) {
                                {"latency_p50_s", r.p50}, {"latency_p95_s", r.p95},
                                {"latency_p99_s", r.p99}, {"unet_share_of_step", r.unet_share},
                                {"lane_idle_share", r.lane_idle}});
-    absl::StrAppendFormat(&md, "| %s | %s | %d | %.2f | %.2f | %.1f | %.1f | %.1f%% | %.2f | %.2f | %.2f |\n",
+    absl::StrAppendFormat(&md,
+                          "| %s | %s | %d | %.2f | %.2f | %.1f | %.1f | %.1f%% | %.2f | %.2f | %.2f "
+                          "| %.0f%% |\n",
                           r.mode, r.scenario, r.n, r.images_per_s, r.forwards_per_s, r.mean_batch,
-                          r.gflops, 100 * r.peak_fraction, r.p50, r.p95, r.p99);
+                          r.gflops, 100 * r.peak_fraction, r.p50, r.p95, r.p99, 100 * r.lane_idle);
   }
   if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
   if (!absl::GetFlag(FLAGS_markdown).empty()) std::ofstream(absl::GetFlag(FLAGS_markdown)) << md;
